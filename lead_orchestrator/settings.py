@@ -5,10 +5,12 @@ vendors' real hosts; an unset DATABASE_URL means an embedded PostgreSQL under DA
 """
 from __future__ import annotations
 
+import os
+import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
@@ -33,6 +35,19 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
     max_webhook_body_bytes: int = Field(default=256 * 1024, alias="MAX_WEBHOOK_BODY_BYTES")
     webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
+    # Signs unsubscribe links. Unset: a random key is kept in DATA_DIR/app_secret_key.
+    app_secret_key: SecretStr | None = Field(default=None, alias="APP_SECRET_KEY")
+
+    def secret_key(self) -> str:
+        if self.app_secret_key is not None:
+            return self.app_secret_key.get_secret_value()
+        path = self.data_dir / "app_secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
     @property
     def uses_real_vendors(self) -> bool:

@@ -1,0 +1,252 @@
+"""Turns stored inbox events (webhook deliveries, polled orders) into leads.
+
+`process_claimed_events` is the whole ingest path, used by the Dagster ingest job:
+for each claimed event it fetches the order, customer and vehicle from ShopMonkey
+(the webhook body is only a hint), qualifies the order, upserts the lead, plans its
+sequence and sends the touches that are due now. Each event commits on its own, so one
+bad event never holds back the others.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import psycopg
+
+from lead_orchestrator import lead_log
+from lead_orchestrator.qualification import closing_reason, parse_time, qualify
+from lead_orchestrator.send_window import SendWindow
+from lead_orchestrator.shopmonkey_client import ShopMonkeyAuthError, ShopMonkeyError, ShopMonkeyNotFound
+from lead_orchestrator.shops import Shop, load_shop
+from lead_orchestrator.touches import cancel_pending, due_touch_ids, plan_sequence, send_touch
+from lead_orchestrator.vendors import MissingCredentials
+
+log = logging.getLogger(__name__)
+
+MAX_EVENT_ATTEMPTS = 5
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class EventResult:
+    tenant_id: int
+    shop_slug: str
+    event_id: int
+    source: str
+    outcome: str  # new_lead | updated | closed | disqualified | ignored | retry | failed
+    lead_id: int | None = None
+    touches_sent: int = 0
+    first_touch_latency_s: float | None = None
+
+
+@dataclass
+class ShopSummary:
+    """What one run did for one shop: the metadata of that shop's `leads` partition."""
+
+    slug: str
+    outcomes: Counter = field(default_factory=Counter)
+    lead_ids: list[int] = field(default_factory=list)
+    sources: Counter = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+
+
+def claim_events(db, claimer: str, limit: int = 500) -> list[tuple[int, int]]:
+    with db.system_tx() as conn:
+        rows = conn.execute("SELECT tenant_id, event_id FROM claim_inbox_events(%s, %s, interval '5 minutes')",
+                            (claimer, limit)).fetchall()
+    return [(r["tenant_id"], r["event_id"]) for r in rows]
+
+
+def process_claimed_events(db, vendors, claimed: list[tuple[int, int]], *, now=utcnow) -> list[EventResult]:
+    results = []
+    for tenant_id, event_id in claimed:
+        try:
+            results.append(process_event(db, vendors, tenant_id, event_id, now=now))
+        except Exception:  # noqa: BLE001 - recorded on the event; the others go on
+            log.exception("event %s of tenant %s failed", event_id, tenant_id)
+            _release(db, tenant_id, event_id, "unexpected error (see run logs)")
+            results.append(EventResult(tenant_id, "?", event_id, "?", "retry"))
+    return results
+
+
+def summarize(results: list[EventResult]) -> dict[str, ShopSummary]:
+    by_shop: dict[str, ShopSummary] = defaultdict(lambda: ShopSummary(""))
+    for r in results:
+        s = by_shop[r.shop_slug]
+        s.slug = r.shop_slug
+        s.outcomes[r.outcome] += 1
+        s.sources[r.source] += 1
+        if r.lead_id is not None:
+            s.lead_ids.append(r.lead_id)
+        if r.first_touch_latency_s is not None:
+            s.latencies_s.append(r.first_touch_latency_s)
+    return dict(by_shop)
+
+
+def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> EventResult:
+    with db.tenant_tx(tenant_id) as conn:
+        event = conn.execute("SELECT * FROM inbox_events WHERE id = %s", (event_id,)).fetchone()
+        shop = load_shop(conn, tenant_id)
+    result = EventResult(tenant_id, shop.slug, event_id, event["source"], "ignored")
+    if event["table_name"] != "order":
+        return _done(db, result, "ignored", f"table {event['table_name']} is not used")
+
+    try:
+        order, customer, vehicle = _fetch(vendors, shop, event)
+    except ShopMonkeyAuthError as exc:
+        return _failed(db, result, str(exc))
+    except (ShopMonkeyError, MissingCredentials) as exc:
+        if isinstance(exc, MissingCredentials) or event["attempts"] >= MAX_EVENT_ATTEMPTS:
+            return _failed(db, result, str(exc))
+        _release(db, tenant_id, event_id, str(exc))
+        result.outcome = "retry"
+        return result
+
+    with db.tenant_tx(tenant_id) as conn:
+        lead = _upsert_lead(conn, shop, event, order, customer, vehicle, now(), result)
+        _mark_event(conn, event_id, "done", result.outcome)
+    if lead is not None and lead["status"] == "active":
+        _send_due(db, vendors, shop, lead, event, now, result)
+    return result
+
+
+def _fetch(vendors, shop: Shop, event: dict):
+    client = vendors.shopmonkey(shop)
+    hint = event["payload"].get("data") or {}
+    try:
+        order = client.get_order(event["object_id"])
+    except ShopMonkeyNotFound:
+        if event["operation"] != "DELETE":
+            raise
+        order = {**hint, "deleted": True}
+    if event["operation"] == "DELETE":
+        order = {**order, "deleted": True}
+    if order.get("deleted") or closing_reason(order):
+        return order, None, None  # no need to look further: the lead (if any) just ends
+    customer = client.get_customer(order["customerId"]) if order.get("customerId") else None
+    vehicle = None
+    if order.get("vehicleId"):
+        try:
+            vehicle = client.get_vehicle(order["vehicleId"])
+        except ShopMonkeyNotFound:
+            vehicle = None  # the generated vehicle name on the order is enough
+    return order, customer, vehicle
+
+
+def _vehicle_name(order: dict, vehicle: dict | None) -> str | None:
+    if vehicle:
+        name = " ".join(str(p) for p in (vehicle.get("year"), vehicle.get("make"), vehicle.get("model")) if p)
+        if name:
+            return name
+    return order.get("generatedVehicleName")
+
+
+def _upsert_lead(conn, shop: Shop, event, order, customer, vehicle, now, result: EventResult):
+    lead = conn.execute("SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (order["id"],)).fetchone()
+    reason = closing_reason(order)
+    if lead is not None:
+        result.lead_id = lead["id"]
+        conn.execute("UPDATE leads SET order_updated_at = %s, total_cents = coalesce(%s, total_cents), "
+                     "updated_at = now() WHERE id = %s",
+                     (parse_time(order.get("updatedDate")), order.get("totalCostCents"), lead["id"]))
+        if reason and lead["status"] == "active":
+            return _close(conn, lead, reason, result)
+        if lead["status"] != "disqualified" or reason:
+            result.outcome = "updated"
+            return lead
+        # A disqualified estimate may qualify now (e.g. a mobile number was added).
+    q = qualify(order, customer, now=now, max_age_days=shop.max_lead_age_days)
+    first_seen = event["received_at"]
+    values = {
+        "order_id": order["id"], "order_number": order.get("number"),
+        "customer_id": order.get("customerId"), "vehicle_id": order.get("vehicleId"),
+        "first_name": (customer or {}).get("firstName"), "last_name": (customer or {}).get("lastName"),
+        "vehicle_name": _vehicle_name(order, vehicle), "total_cents": order.get("totalCostCents"),
+        "phone": q.reach.phone, "email": q.reach.email,
+        "status": "active" if q.qualified else "disqualified",
+        "reason": None if q.qualified else q.reason, "source": event["source"],
+        "created": parse_time(order.get("createdDate")), "updated": parse_time(order.get("updatedDate")),
+        "first_seen": first_seen,
+    }
+    lead = conn.execute(
+        """INSERT INTO leads (tenant_id, order_id, order_number, customer_id, vehicle_id, first_name, last_name,
+                              vehicle_name, total_cents, phone_e164, email, status, status_reason, source,
+                              order_created_at, order_updated_at, first_seen_at)
+           VALUES (current_tenant_id(), %(order_id)s, %(order_number)s, %(customer_id)s, %(vehicle_id)s,
+                   %(first_name)s, %(last_name)s, %(vehicle_name)s, %(total_cents)s, %(phone)s, %(email)s,
+                   %(status)s, %(reason)s, %(source)s, %(created)s, %(updated)s, %(first_seen)s)
+           ON CONFLICT (tenant_id, order_id) DO UPDATE SET
+               first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
+               vehicle_name = EXCLUDED.vehicle_name, phone_e164 = EXCLUDED.phone_e164, email = EXCLUDED.email,
+               status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,
+               first_seen_at = CASE WHEN EXCLUDED.status = 'active' THEN %(now)s ELSE leads.first_seen_at END,
+               updated_at = now()
+           RETURNING *""",
+        {**values, "now": now},
+    ).fetchone()
+    result.lead_id = lead["id"]
+    if not q.qualified:
+        result.outcome = "disqualified"
+        lead_log.record(conn, lead["id"], "disqualified", order_id=order["id"], reason=q.reason,
+                        notes=list(q.reach.notes))
+        return lead
+    result.outcome = "new_lead"
+    lead_log.record(conn, lead["id"], "qualified", order_id=order["id"], source=event["source"],
+                    channels=list(q.reach.channels), notes=list(q.reach.notes))
+    plan_sequence(conn, shop, lead, SendWindow.for_shop(shop))
+    return lead
+
+
+def _close(conn, lead, reason: str, result: EventResult):
+    status = "closed" if reason in ("deleted", "archived") else "converted"
+    cancelled = cancel_pending(conn, lead["id"], f"lead_{status}:{reason}")
+    conn.execute("UPDATE leads SET status = %s, status_reason = %s, ended_at = now(), updated_at = now() "
+                 "WHERE id = %s", (status, reason, lead["id"]))
+    lead_log.record(conn, lead["id"], f"lead_{status}", reason=reason, touches_cancelled=cancelled)
+    result.outcome = "closed"
+    return {**lead, "status": status}
+
+
+def _send_due(db, vendors, shop, lead, event, now, result: EventResult) -> None:
+    with db.tenant_tx(shop.id) as conn:
+        ids = due_touch_ids(conn, now(), lead_id=lead["id"])
+    for touch_id in ids:
+        outcome = send_touch(db, shop, touch_id, vendors, now=now())
+        if outcome.status == "sent":
+            result.touches_sent += 1
+    if result.touches_sent and result.outcome == "new_lead":
+        latency = (now() - event["received_at"]).total_seconds()
+        result.first_touch_latency_s = round(latency, 3)
+        with db.tenant_tx(shop.id) as conn:
+            lead_log.record(conn, lead["id"], "first_touch_latency", seconds=result.first_touch_latency_s)
+
+
+def _mark_event(conn, event_id: int, status: str, outcome: str | None, error: str | None = None) -> None:
+    conn.execute("UPDATE inbox_events SET status = %s, outcome = %s, error = %s, processed_at = clock_timestamp() "
+                 "WHERE id = %s", (status, outcome, error, event_id))
+
+
+def _done(db, result: EventResult, outcome: str, note: str) -> EventResult:
+    with db.tenant_tx(result.tenant_id) as conn:
+        _mark_event(conn, result.event_id, "done", outcome, note)
+    result.outcome = outcome
+    return result
+
+
+def _failed(db, result: EventResult, error: str) -> EventResult:
+    with db.tenant_tx(result.tenant_id) as conn:
+        _mark_event(conn, result.event_id, "failed", "failed", error)
+    result.outcome = "failed"
+    return result
+
+
+def _release(db, tenant_id: int, event_id: int, error: str) -> None:
+    """Gives the event back to the queue (a later run retries it)."""
+    with db.tenant_tx(tenant_id) as conn:
+        conn.execute("UPDATE inbox_events SET status = 'pending', claimed_by = NULL, error = %s WHERE id = %s",
+                     (error, event_id))

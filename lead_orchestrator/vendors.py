@@ -1,0 +1,79 @@
+"""Builds per-shop vendor clients from a shop's credentials and the deployment's base
+URLs, and the public URLs the vendors call back (status callbacks, unsubscribe)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from itsdangerous import URLSafeSerializer
+
+from lead_orchestrator.providers import SendGridSender, TwilioSender
+from lead_orchestrator.shopmonkey_client import ShopMonkeyClient
+from lead_orchestrator.shops import Shop
+
+
+class MissingCredentials(RuntimeError):
+    pass
+
+
+@dataclass
+class Vendors:
+    shopmonkey_base_url: str
+    twilio_base_url: str | None
+    sendgrid_base_url: str | None
+    public_base_url: str
+    secret_key: str
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def shopmonkey(self, shop: Shop) -> ShopMonkeyClient:
+        key = _secret(shop, "shopmonkey_api_key")
+        return self._cached(("sm", shop.id, key), lambda: ShopMonkeyClient(self.shopmonkey_base_url, key))
+
+    def sms(self, shop: Shop) -> TwilioSender:
+        token = _secret(shop, "twilio_auth_token")
+        if not shop.twilio_account_sid or not shop.twilio_sender:
+            raise MissingCredentials(f"shop {shop.slug} has no Twilio account SID or sender")
+        return self._cached(("tw", shop.id, token, shop.twilio_sender),
+                            lambda: TwilioSender(shop.twilio_account_sid, token, shop.twilio_sender,
+                                                 self.twilio_base_url))
+
+    def email(self, shop: Shop) -> SendGridSender:
+        key = _secret(shop, "sendgrid_api_key")
+        return self._cached(("sg", shop.id, key), lambda: SendGridSender(key, self.sendgrid_base_url))
+
+    def status_callback_url(self, shop: Shop) -> str:
+        return f"{self.public_base_url}/webhooks/twilio/{shop.slug}/status"
+
+    def unsubscribe_url(self, shop: Shop, email: str) -> str:
+        return f"{self.public_base_url}/unsubscribe/{unsubscribe_token(self.secret_key, shop.id, email)}"
+
+    def _cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def close(self) -> None:
+        for client in self._cache.values():
+            if isinstance(client, ShopMonkeyClient):
+                client.close()
+        self._cache.clear()
+
+
+def _secret(shop: Shop, name: str) -> str:
+    value = getattr(shop, name)
+    if value is None or not value.get_secret_value():
+        raise MissingCredentials(f"shop {shop.slug} has no {name.replace('_', ' ')}")
+    return value.get_secret_value()
+
+
+def unsubscribe_token(secret_key: str, tenant_id: int, email: str) -> str:
+    return URLSafeSerializer(secret_key, salt="unsubscribe").dumps([tenant_id, email])
+
+
+def read_unsubscribe_token(secret_key: str, token: str) -> tuple[int, str] | None:
+    from itsdangerous import BadSignature
+
+    try:
+        tenant_id, email = URLSafeSerializer(secret_key, salt="unsubscribe").loads(token)
+    except (BadSignature, ValueError, TypeError):
+        return None
+    return int(tenant_id), str(email)

@@ -1,0 +1,85 @@
+"""Dependencies: the settings, the database, the shop named in the path, and a body
+read with a size cap."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from fastapi import Depends, Path, Request
+from psycopg_pool import PoolTimeout
+
+from lead_orchestrator.db import Database
+from lead_orchestrator.settings import Settings
+from lead_orchestrator.shops import Shop, load_shop, tenant_id_for_slug
+from webhook_receiver.errors import ApiError
+
+SHOP_CACHE_SECONDS = 30.0
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, psycopg.errors.AdminShutdown)
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+def database_unavailable() -> ApiError:
+    # ShopMonkey retries 503 (never 500): the event is not lost, only delayed.
+    return ApiError(503, "database_unavailable", "the event could not be stored; try again",
+                    headers={"Retry-After": "5"})
+
+
+@dataclass
+class ShopCache:
+    """Shops by slug for a few seconds, so a burst of webhooks costs one lookup."""
+
+    entries: dict[str, tuple[float, Shop | None]]
+
+    def get(self, db: Database, slug: str) -> Shop | None:
+        now = time.monotonic()
+        hit = self.entries.get(slug)
+        if hit and hit[0] > now:
+            return hit[1]
+        with db.system_tx() as conn:
+            tenant_id = tenant_id_for_slug(conn, slug)
+        shop = None
+        if tenant_id is not None:
+            with db.tenant_tx(tenant_id) as conn:
+                shop = load_shop(conn, tenant_id)
+        self.entries[slug] = (now + SHOP_CACHE_SECONDS, shop)
+        return shop
+
+
+async def current_shop(request: Request, tenant: str = Path(min_length=1, max_length=64)) -> Shop:
+    from starlette.concurrency import run_in_threadpool
+
+    try:
+        shop = await run_in_threadpool(request.app.state.shops.get, request.app.state.db, tenant)
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
+    if shop is None:
+        raise ApiError(404, "unknown_shop", f"no active shop named {tenant!r}")
+    return shop
+
+
+async def read_body(request: Request, settings: Settings = Depends(get_settings)) -> bytes:
+    limit = settings.max_webhook_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_content_type(request: Request, expected: str) -> None:
+    given = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if given != expected:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be {expected}")

@@ -1,0 +1,37 @@
+"""The webhook receiver: a FastAPI app that stores what vendors send before answering.
+
+Run it with `lead-orchestrator receiver` (or uvicorn webhook_receiver.main:create_app --factory).
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lead_orchestrator.db import Database
+from lead_orchestrator.settings import Settings, get_settings
+from webhook_receiver import errors
+from webhook_receiver.deps import ShopCache
+from webhook_receiver.routers import health, shopmonkey
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        owned = db is None
+        app.state.db = db or Database(settings.database_url, max_size=16, name="receiver").open(wait=False)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.db.close()
+
+    app = FastAPI(title="Lead Orchestrator webhook receiver", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.shops = ShopCache({})
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(shopmonkey.router)
+    return app

@@ -1,0 +1,43 @@
+"""Standard Webhooks signature check for ShopMonkey deliveries, with the library.
+
+ShopMonkey's secret may be a Standard Webhooks `whsec_<base64>` key or, as one
+verifier treats it, raw bytes: both forms are tried (each compare is constant-time).
+"""
+from __future__ import annotations
+
+import binascii
+
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+
+class BadSignature(Exception):
+    pass
+
+
+def verifiers(secret: str) -> list[Webhook]:
+    found = []
+    try:
+        found.append(Webhook(secret))
+    except (binascii.Error, ValueError, Exception):  # not base64: only the raw form applies
+        pass
+    found.append(Webhook(secret.encode()))
+    return found
+
+
+def verify_standard_webhook(secret: str, body: bytes, headers: dict[str, str]) -> None:
+    """Raises BadSignature unless one `v1,` signature matches and the timestamp is
+    within five minutes of now."""
+    last = "no matching signature"
+    for webhook in verifiers(secret):
+        try:
+            webhook.verify(body, headers, json_parse=False)
+            return
+        except WebhookVerificationError as exc:
+            last = str(exc)
+            if "timestamp" in last.lower() or "headers" in last.lower():
+                break  # the same for every key form
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            last = "malformed webhook-signature header"
+            break
+    raise BadSignature(last)
