@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import requests
-from python_http_client import exceptions as sg_errors
-from sendgrid.helpers.mail import CustomArg, Header, Mail
-from twilio.base.exceptions import TwilioRestException
-
-from lead_orchestrator.vendor_clients import make_sendgrid_client, make_twilio_client
+# The vendor SDKs are imported where they are used: they are slow to import, and the
+# Dagster code location (re-imported by every run process) should stay light.
 
 # Twilio codes that will not change by trying again.
 TWILIO_PERMANENT_CODES = frozenset({21211, 21214, 21217, 21408, 21606, 21608, 21610, 21612, 21614, 21604})
@@ -43,10 +39,15 @@ class OutgoingEmail:
 
 class TwilioSender:
     def __init__(self, account_sid: str, auth_token: str, sender: str, base_url: str | None):
+        from lead_orchestrator.vendor_clients import make_twilio_client
+
         self._client = make_twilio_client(account_sid, auth_token, base_url)
         self._sender = sender
 
     def send(self, to: str, body: str, status_callback: str | None = None) -> SendResult:
+        import requests
+        from twilio.base.exceptions import TwilioRestException
+
         sender = {"messaging_service_sid": self._sender} if self._sender.startswith("MG") else {"from_": self._sender}
         kwargs = {"status_callback": status_callback} if status_callback else {}
         try:
@@ -58,18 +59,21 @@ class TwilioSender:
             if exc.code in TWILIO_PERMANENT_CODES or 400 <= exc.status < 500:
                 return SendResult("permanent", code=code or str(exc.status), detail=exc.msg)
             return SendResult("ambiguous", code=code, detail=exc.msg)
-        except requests.exceptions.ConnectionError as exc:
-            return _connection_outcome(exc)
-        except requests.exceptions.Timeout as exc:
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             return _connection_outcome(exc)
         return SendResult("sent", message_id=message.sid)
 
 
 class SendGridSender:
     def __init__(self, api_key: str, base_url: str | None):
+        from lead_orchestrator.vendor_clients import make_sendgrid_client
+
         self._client = make_sendgrid_client(api_key, base_url)
 
     def send(self, email: OutgoingEmail) -> SendResult:
+        from python_http_client import exceptions as sg_errors
+        from sendgrid.helpers.mail import CustomArg, Header, Mail
+
         mail = Mail(from_email=(email.sender, email.sender_name), to_emails=email.to,
                     subject=email.subject, plain_text_content=email.text)
         for name, value in email.headers.items():
@@ -94,6 +98,8 @@ class SendGridSender:
 
 def _connection_outcome(exc: Exception) -> SendResult:
     """A connection that never opened sent nothing; anything later might have."""
+    import requests
+
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return SendResult("transient", detail=f"connect timeout: {exc}")
     if isinstance(exc, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(exc):

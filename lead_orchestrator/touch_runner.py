@@ -1,0 +1,37 @@
+"""Sends every touch that is owed, across all active shops: what the touch-point job runs."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+
+from lead_orchestrator.shops import load_shop
+from lead_orchestrator.touches import due_touch_ids, mark_stale_reservations_unknown, send_touch
+
+log = logging.getLogger(__name__)
+
+
+def active_tenant_ids(db) -> list[int]:
+    with db.system_tx() as conn:
+        return [r["active_tenant_ids"] for r in conn.execute("SELECT active_tenant_ids()").fetchall()]
+
+
+def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime, clock=None) -> Counter:
+    """For each shop: turn stale reservations into `unknown`, then send what is due by
+    `due_before`. Returns counts of outcomes. `clock` (optional) gives the time of each
+    send, so tests can drive time."""
+    report: Counter = Counter()
+    for tenant_id in active_tenant_ids(db):
+        with db.tenant_tx(tenant_id) as conn:
+            shop = load_shop(conn, tenant_id)
+            report["unknown"] += mark_stale_reservations_unknown(conn, now)
+            ids = due_touch_ids(conn, min(now, due_before))
+        for touch_id in ids:
+            try:
+                outcome = send_touch(db, shop, touch_id, vendors, now=clock() if clock else now)
+            except Exception:  # noqa: BLE001 - one shop's failure must not stop the others
+                log.exception("touch %s of shop %s failed", touch_id, shop.slug)
+                report["error"] += 1
+                continue
+            report[outcome.status if outcome.reason != "not_due" else "not_due"] += 1
+    return report

@@ -1,0 +1,27 @@
+"""Assembles the code location; everything it names lives in its own module."""
+from __future__ import annotations
+
+from dagster import Definitions, EnvVar
+
+from orchestrator_dagster.assets import leads
+from orchestrator_dagster.jobs import ingest_job, touchpoints_job
+from orchestrator_dagster.resources import DatabaseResource, VendorsResource
+from orchestrator_dagster.schedules import touchpoints_schedule
+from orchestrator_dagster.sensors import inbox_sensor
+
+defs = Definitions(
+    assets=[leads],
+    jobs=[ingest_job, touchpoints_job],
+    sensors=[inbox_sensor],
+    schedules=[touchpoints_schedule],
+    resources={
+        "database": DatabaseResource(database_url=EnvVar("DATABASE_URL")),
+        "vendors": VendorsResource(
+            shopmonkey_base_url=EnvVar("SHOPMONKEY_BASE_URL"),
+            twilio_api_base_url=EnvVar("TWILIO_API_BASE_URL"),
+            sendgrid_api_base_url=EnvVar("SENDGRID_API_BASE_URL"),
+            public_base_url=EnvVar("PUBLIC_BASE_URL"),
+            app_secret_key=EnvVar("APP_SECRET_KEY"),
+        ),
+    },
+)

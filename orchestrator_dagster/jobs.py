@@ -1,0 +1,62 @@
+"""Jobs: ingest (inbox → leads → first touch) and touch-points (follow-ups due)."""
+
+import datetime as dt
+
+from dagster import OpExecutionContext, job, op
+
+from lead_orchestrator.ingest import claim_events, process_claimed_events, summarize
+from lead_orchestrator.touch_runner import send_due_touches
+from orchestrator_dagster.assets import leads_materialization
+from orchestrator_dagster.partitions import shop_partitions, touchpoint_windows
+from orchestrator_dagster.resources import DatabaseResource, VendorsResource
+
+CLAIM_BATCH = 200
+MAX_EVENTS_PER_RUN = 5000
+
+
+@op
+def ingest_inbox_events(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
+    """Claims every pending inbox event (of all shops: one run, however many shops),
+    processes it, and records a `leads` materialization per shop touched."""
+    db, clients = database.database(), vendors.vendors()
+    results = []
+    try:
+        while len(results) < MAX_EVENTS_PER_RUN:
+            claimed = claim_events(db, claimer=context.run_id, limit=CLAIM_BATCH)
+            if not claimed:
+                break
+            results += process_claimed_events(db, clients, claimed)
+    finally:
+        clients.close()
+    summaries = summarize(results)
+    known = set(context.instance.get_dynamic_partitions(shop_partitions.name))
+    missing = sorted(set(summaries) - known - {"?"})
+    if missing:
+        context.instance.add_dynamic_partitions(shop_partitions.name, missing)
+    for slug, summary in sorted(summaries.items()):
+        if slug != "?":
+            context.log_event(leads_materialization(summary))
+    context.log.info(f"processed {len(results)} events for {len(summaries)} shops")
+
+
+@job(description="Turns stored webhook/poll events into leads and sends their first touch.")
+def ingest_job():
+    ingest_inbox_events()
+
+
+@op
+def send_due_follow_ups(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
+    """Sends every touch owed up to the end of this window (and not later than now)."""
+    window = context.partition_time_window
+    now = dt.datetime.now(dt.timezone.utc)
+    clients = vendors.vendors()
+    try:
+        report = send_due_touches(database.database(), clients, now=now, due_before=min(window.end, now))
+    finally:
+        clients.close()
+    context.log.info(f"window {window.start:%Y-%m-%d %H:%M}: {report}")
+
+
+@job(partitions_def=touchpoint_windows, description="Sends the follow-ups that are due, respecting send windows.")
+def touchpoints_job():
+    send_due_follow_ups()

@@ -1,0 +1,42 @@
+"""Dagster resources: the database and the vendor clients, configured from EnvVar in
+definitions.py. The objects they hand out are plain project classes, so the business
+logic they feed is tested without Dagster."""
+from __future__ import annotations
+
+from dagster import ConfigurableResource
+
+from lead_orchestrator.db import Database
+from lead_orchestrator.vendors import Vendors
+
+_databases: dict[str, Database] = {}
+
+
+class DatabaseResource(ConfigurableResource):
+    """The application database (connections act as lead_app, so RLS applies)."""
+
+    database_url: str
+
+    def database(self) -> Database:
+        # One pool per process: sensors tick often, and a run may use it from many ops.
+        if self.database_url not in _databases:
+            _databases[self.database_url] = Database(self.database_url, max_size=4, name="dagster").open()
+        return _databases[self.database_url]
+
+
+class VendorsResource(ConfigurableResource):
+    """ShopMonkey, Twilio and SendGrid endpoints; per-shop credentials come from the shop."""
+
+    shopmonkey_base_url: str
+    twilio_api_base_url: str
+    sendgrid_api_base_url: str
+    public_base_url: str
+    app_secret_key: str
+
+    def vendors(self) -> Vendors:
+        return Vendors(
+            shopmonkey_base_url=self.shopmonkey_base_url,
+            twilio_base_url=self.twilio_api_base_url,
+            sendgrid_base_url=self.sendgrid_api_base_url,
+            public_base_url=self.public_base_url,
+            secret_key=self.app_secret_key,
+        )

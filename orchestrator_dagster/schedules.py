@@ -1,0 +1,26 @@
+"""The touch-point schedule: every five minutes, a run for the current hourly window.
+
+The tick at minute 0 targets the window that just ended, so every window's last run
+sees all of it; the ticks inside an hour send what became due since the last tick.
+"""
+
+import datetime as dt
+
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
+
+from orchestrator_dagster.jobs import touchpoints_job
+from orchestrator_dagster.partitions import touchpoint_windows
+
+
+def window_for_tick(tick: dt.datetime) -> str:
+    """The hourly partition a tick works on: the one containing the second before it."""
+    moment = tick.astimezone(dt.timezone.utc) - dt.timedelta(seconds=1)
+    return moment.strftime(touchpoint_windows.fmt)
+
+
+@schedule(job=touchpoints_job, cron_schedule="*/5 * * * *", execution_timezone="UTC",
+          default_status=DefaultScheduleStatus.RUNNING)
+def touchpoints_schedule(context: ScheduleEvaluationContext):
+    tick = context.scheduled_execution_time
+    partition = window_for_tick(tick)
+    return RunRequest(run_key=f"touchpoints-{tick:%Y%m%dT%H%M}", partition_key=partition)

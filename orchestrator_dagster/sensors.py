@@ -1,0 +1,36 @@
+"""The inbox sensor: requests an ingest run whenever events wait in the inbox.
+
+It is the safety net: whatever else picks events up, anything still pending is
+claimed by the run it requests. Run keys are deterministic (the highest pending id),
+so a tick that sees the same backlog twice requests nothing new.
+"""
+
+import datetime as dt
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+
+from orchestrator_dagster.jobs import ingest_job
+from orchestrator_dagster.resources import DatabaseResource
+
+# Events still pending this long after a run was requested for them are asked for again.
+RETRY_AFTER = dt.timedelta(seconds=60)
+
+
+@sensor(job=ingest_job, minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
+def inbox_sensor(context: SensorEvaluationContext, database: DatabaseResource):
+    with database.database().system_tx() as conn:
+        backlog = conn.execute("SELECT * FROM inbox_backlog()").fetchone()
+    if not backlog["pending"]:
+        return SkipReason("inbox is empty")
+    max_id = backlog["max_id"]
+    last_requested = int(context.cursor or 0)
+    if max_id > last_requested:
+        context.update_cursor(str(max_id))
+        return RunRequest(run_key=f"inbox-through-{max_id}")
+    # Nothing new, yet events still wait (released for retry, or a run died): ask again,
+    # at most once per RETRY_AFTER, with a key that names the retry window.
+    waited = dt.datetime.now(dt.timezone.utc) - backlog["oldest"]
+    if waited < RETRY_AFTER:
+        return SkipReason(f"{backlog['pending']} events are being processed")
+    bucket = int(dt.datetime.now(dt.timezone.utc).timestamp() // RETRY_AFTER.total_seconds())
+    return RunRequest(run_key=f"inbox-retry-{max_id}-{bucket}")
