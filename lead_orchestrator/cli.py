@@ -1,0 +1,144 @@
+"""The `lead-orchestrator` command: run the stack, migrate, manage shops, run parts alone."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import psycopg
+from pydantic import ValidationError
+
+from lead_orchestrator.database_setup import database_url_for
+from lead_orchestrator.migrations import apply_migrations
+from lead_orchestrator.settings import get_settings
+from lead_orchestrator.shops import SECRET_FIELDS, ShopChanges, create_shop, get_shop, list_shops, update_shop
+
+
+@click.group(help="Lead Orchestrator: answers new ShopMonkey estimates by text and email within seconds.")
+def main() -> None:
+    pass
+
+
+@main.command(help="Start everything: database, stand-ins (unless real vendors are configured), "
+                   "receiver, Dagster webserver and daemon. Ctrl-C stops it all.")
+@click.option("--real-vendors", is_flag=True, help="Never start the local stand-ins.")
+@click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
+def up(real_vendors: bool, no_demo: bool) -> None:
+    from lead_orchestrator.stack import run_stack
+
+    sys.exit(run_stack(get_settings(), real_vendors=real_vendors, demo=not no_demo))
+
+
+@main.command(help="Apply pending schema migrations (safe to run any time).")
+def migrate() -> None:
+    with database_url_for(get_settings()) as (url, _):
+        applied = apply_migrations(url)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--shopmonkey-port", default=8701, show_default=True)
+@click.option("--twilio-port", default=8702, show_default=True)
+@click.option("--sendgrid-port", default=8703, show_default=True)
+def standins(host: str, shopmonkey_port: int, twilio_port: int, sendgrid_port: int) -> None:
+    from standins.__main__ import main as run_standins
+
+    run_standins(["--host", host, "--shopmonkey-port", str(shopmonkey_port),
+                  "--twilio-port", str(twilio_port), "--sendgrid-port", str(sendgrid_port)])
+
+
+# --- shops ------------------------------------------------------------------------------
+
+_SHOP_OPTIONS = [
+    click.option("--name"), click.option("--time-zone", help="IANA zone, e.g. America/Chicago"),
+    click.option("--shop-phone"), click.option("--postal-address"),
+    click.option("--shopmonkey-api-key"), click.option("--webhook-secret"),
+    click.option("--twilio-account-sid"), click.option("--twilio-auth-token"),
+    click.option("--twilio-sender", help="E.164 number or Messaging Service SID (MG…)"),
+    click.option("--sendgrid-api-key"), click.option("--sendgrid-sender"),
+    click.option("--send-window-start", help="HH:MM, shop time (default 08:00)"),
+    click.option("--send-window-end", help="HH:MM, shop time (default 21:00)"),
+    click.option("--max-lead-age-days", type=int),
+    click.option("--active/--inactive", default=None),
+]
+
+
+def _shop_options(fn):
+    for option in reversed(_SHOP_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _changes(values: dict) -> ShopChanges:
+    try:
+        return ShopChanges(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise click.BadParameter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _describe(shop) -> dict:
+    data = shop.model_dump(mode="json")
+    for field in SECRET_FIELDS:  # never print a secret, only whether it is set
+        data[field] = "set" if getattr(shop, field) else "not set"
+    return data
+
+
+@main.group(help="Add, list, show and update shops (tenants).")
+def shops() -> None:
+    pass
+
+
+@shops.command("add")
+@click.argument("slug")
+@_shop_options
+def shops_add(slug: str, **values) -> None:
+    name = values.pop("name") or slug
+    changes = _changes(values)
+    with database_url_for(get_settings()) as (url, _):
+        apply_migrations(url)
+        with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            try:
+                shop = create_shop(conn, slug, name, changes)
+            except psycopg.errors.UniqueViolation:
+                raise click.ClickException(f"a shop named {slug!r} exists already (use `shops update`)") from None
+            except psycopg.errors.CheckViolation:
+                raise click.ClickException("slug must be 2-63 lowercase letters, digits or dashes") from None
+    click.echo(json.dumps(_describe(shop), indent=2))
+
+
+@shops.command("update")
+@click.argument("slug")
+@_shop_options
+def shops_update(slug: str, **values) -> None:
+    changes = _changes(values)
+    with database_url_for(get_settings()) as (url, _):
+        with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            shop = update_shop(conn, slug, changes)
+    if shop is None:
+        raise click.ClickException(f"no shop named {slug!r}")
+    click.echo(json.dumps(_describe(shop), indent=2))
+
+
+@shops.command("list")
+def shops_list() -> None:
+    with database_url_for(get_settings()) as (url, _):
+        apply_migrations(url)
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            found = list_shops(conn)
+    if not found:
+        click.echo("no shops yet: add one with `lead-orchestrator shops add SLUG --name ...`")
+    for shop in found:
+        click.echo(f"{shop.slug:24} {shop.name:30} {shop.time_zone:20} {'active' if shop.active else 'inactive'}")
+
+
+@shops.command("show")
+@click.argument("slug")
+def shops_show(slug: str) -> None:
+    with database_url_for(get_settings()) as (url, _):
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            shop = get_shop(conn, slug)
+    if shop is None:
+        raise click.ClickException(f"no shop named {slug!r}")
+    click.echo(json.dumps(_describe(shop), indent=2))
