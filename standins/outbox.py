@@ -1,8 +1,8 @@
 """What a stand-in received or sent, kept in memory for tests and for a human to look at.
 
 Each stand-in keeps several `Outbox` lists (e.g. messages, rejected requests, callback
-deliveries) and publishes them at `GET /_outbox` (HTML), `GET /_outbox.json` and
-`DELETE /_outbox`.
+deliveries) and publishes them: `GET /_outbox` (HTML), `GET /_outbox.json` (the primary
+list), `GET /_outbox/{name}.json`, `GET /_outbox/all.json`, `DELETE /_outbox`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Mapping
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
 
@@ -78,7 +78,7 @@ def render_outbox_page(title: str, sections: Mapping[str, list[dict]], columns: 
         "<style>body{font:14px sans-serif;margin:1em}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
         "td{max-width:40em;white-space:pre-wrap;word-break:break-word}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><p><a href='/_outbox.json'>JSON</a></p>",
+        f"<h1>{html.escape(title)}</h1><p><a href='/_outbox/all.json'>JSON</a></p>",
     ]
     for name, rows in sections.items():
         cols = list(columns.get(name, ())) or sorted({k for r in rows for k in r})
@@ -95,13 +95,27 @@ def render_outbox_page(title: str, sections: Mapping[str, list[dict]], columns: 
 
 
 def add_outbox_routes(app: FastAPI, title: str, outboxes: Mapping[str, Outbox], columns: Mapping[str, Iterable[str]]) -> None:
+    """The first outbox is the primary one (what the vendor accepted): `/_outbox.json` is
+    that list alone; `/_outbox/{name}.json` any one list; `/_outbox/all.json` all of them."""
+    primary = next(iter(outboxes))
+
     @app.get("/_outbox", response_class=HTMLResponse, include_in_schema=False)
     def outbox_page() -> str:
         return render_outbox_page(title, {n: o.items() for n, o in outboxes.items()}, columns)
 
     @app.get("/_outbox.json", tags=["stand-in control"])
-    def outbox_json() -> dict[str, list[dict]]:
+    def outbox_json() -> list[dict]:
+        return outboxes[primary].items()
+
+    @app.get("/_outbox/all.json", tags=["stand-in control"])
+    def outbox_all_json() -> dict[str, list[dict]]:
         return {n: o.items() for n, o in outboxes.items()}
+
+    @app.get("/_outbox/{name}.json", tags=["stand-in control"])
+    def outbox_section_json(name: str) -> list[dict]:
+        if name not in outboxes:
+            raise HTTPException(404, f"no outbox {name!r}; there are {sorted(outboxes)}")
+        return outboxes[name].items()
 
     @app.delete("/_outbox", status_code=204, tags=["stand-in control"])
     def outbox_clear() -> None:

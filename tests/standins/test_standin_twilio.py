@@ -34,7 +34,8 @@ def test_create_message_answers_201_resource_and_lands_in_outbox(servers, client
     assert msg.account_sid == TWILIO_SID and msg.to == CUSTOMER and msg.from_ == SHOP
     assert msg.date_created is not None  # the SDK parsed the RFC 2822 date
     box = httpx.get(f"{servers.twilio_url}/_outbox.json").json()
-    assert [m["sid"] for m in box["messages"]] == [msg.sid]
+    assert [(m["sid"], m["status_callback"]) for m in box] == [(msg.sid, None)]
+    assert httpx.get(f"{servers.twilio_url}/_outbox/all.json").json()["rejected"] == []
     page = httpx.get(f"{servers.twilio_url}/_outbox").text
     assert "your estimate is ready" in page
 
