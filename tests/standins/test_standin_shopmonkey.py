@@ -6,11 +6,9 @@ import time
 
 import httpx
 import pytest
-from standardwebhooks import Webhook
 
 KEY = "shop-a-key"
 OTHER = "shop-b-key"
-SECRET = "whsec_c3RhbmQtaW4gd2ViaG9vayBzZWNyZXQ="
 
 
 @pytest.fixture
