@@ -2,6 +2,7 @@
 receiver over real HTTP, and shops to test with."""
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import uuid
@@ -63,7 +64,7 @@ def make_shop(database_url):
         name = overrides.pop("name", f"Shop {slug}")
         changes = ShopChanges(**{
             "time_zone": "America/Chicago",
-            "webhook_secret": "whsec_" + "c2VjcmV0LWZvci0" + uuid.uuid4().hex[:8],
+            "webhook_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
             "shopmonkey_api_key": "sm-key-" + uuid.uuid4().hex,
             "twilio_account_sid": "AC" + uuid.uuid4().hex,
             "twilio_auth_token": uuid.uuid4().hex,
@@ -96,3 +97,103 @@ def receiver(settings, db):
 
     with ThreadedServer(create_app(settings, db)) as server:
         yield server
+
+
+# --- stand-ins, vendors and the Dagster daemon --------------------------------------
+
+@pytest.fixture(scope="session")
+def standins():
+    from standins.servers import StandinServers
+
+    with StandinServers() as servers:
+        yield servers
+
+
+@pytest.fixture(scope="session")
+def vendors(standins, receiver, settings):
+    from lead_orchestrator.vendors import Vendors
+
+    return Vendors(shopmonkey_base_url=standins.shopmonkey_url, twilio_base_url=standins.twilio_url,
+                   sendgrid_base_url=standins.sendgrid_url, public_base_url=receiver.url,
+                   secret_key=settings.secret_key())
+
+
+@pytest.fixture
+def connected_shop(make_shop, standins, receiver):
+    """A shop whose ShopMonkey, Twilio and SendGrid accounts live in the stand-ins, with
+    webhooks pointed at the receiver. Keyword arguments go to make_shop."""
+
+    def make(**overrides):
+        overrides.setdefault("send_window_start", "00:00")
+        overrides.setdefault("send_window_end", "23:59:59")
+        overrides.setdefault("settings", {"holiday_country": None})
+        shop = make_shop(**overrides)
+        standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value(),
+                                     f"{receiver.url}/webhooks/shopmonkey/{shop.slug}",
+                                     shop.webhook_secret.get_secret_value())
+        standins.twilio.add_account(shop.twilio_account_sid, shop.twilio_auth_token.get_secret_value())
+        standins.sendgrid.add_api_key(shop.sendgrid_api_key.get_secret_value())
+        return shop
+
+    return make
+
+
+def sms_to(standins, number: str) -> list[dict]:
+    return [m for m in standins.twilio.messages.items() if m.get("to") == number]
+
+
+def emails_to(standins, address: str) -> list[dict]:
+    return [m for m in standins.sendgrid.sent.items() if address in m.get("to", [])]
+
+
+@pytest.fixture(scope="session")
+def dagster_env(pg, database_url, standins, receiver, settings, tmp_path_factory) -> dict[str, str]:
+    """The environment the Dagster processes see, as `lead-orchestrator up` sets it."""
+    from pathlib import Path
+
+    from lead_orchestrator.db import sqlalchemy_psycopg2_url
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    (home / "dagster.yaml").write_text((Path(__file__).parent.parent / "dagster.yaml").read_text())
+    server = pg[0]
+    storage = server.url("dagster") if server else database_url
+    return {
+        "DATABASE_URL": database_url, "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": sqlalchemy_psycopg2_url(storage),
+        "SHOPMONKEY_BASE_URL": standins.shopmonkey_url, "TWILIO_API_BASE_URL": standins.twilio_url,
+        "SENDGRID_API_BASE_URL": standins.sendgrid_url, "PUBLIC_BASE_URL": receiver.url,
+        "APP_SECRET_KEY": settings.secret_key(),
+    }
+
+
+@pytest.fixture
+def dagster_instance(dagster_env, monkeypatch):
+    """A real DagsterInstance on the PostgreSQL storage, for execute_in_process tests."""
+    from dagster import DagsterInstance
+
+    for key, value in dagster_env.items():
+        monkeypatch.setenv(key, value)
+    instance = DagsterInstance.get()
+    yield instance
+    instance.dispose()
+
+
+@pytest.fixture(scope="session")
+def dagster_daemon(dagster_env, tmp_path_factory):
+    """The real `dagster-daemon run` process (sensors, schedules, run queue)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    log_path = tmp_path_factory.mktemp("daemon") / "daemon.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                                cwd=root, env={**os.environ, **dagster_env}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    yield proc, log_path
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
