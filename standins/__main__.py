@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    servers = StandinServers(args.host, args.shopmonkey_port, args.twilio_port, args.sendgrid_port, log_level="info")
+    servers = StandinServers(args.host, args.shopmonkey_port, args.twilio_port, args.sendgrid_port,
+                             log_level="info", access_log=True)
     for key in args.shop_key:
         shop = servers.shopmonkey.add_shop(key, args.webhook_url, args.webhook_secret)
         print(f"shop {key}: webhook {shop.webhook_url or '-'} secret {shop.webhook_secret or '-'}")

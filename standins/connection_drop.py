@@ -2,8 +2,8 @@
 did the work (a message was queued) but the client never learns it.
 
 ASGI has no way to say "drop this connection", so this wrapper reaches the transport of
-uvicorn's request cycle (the `send` callable is a bound method of it). Where that is not
-available it raises instead, which also makes uvicorn close the connection mid-response.
+uvicorn's request cycle (the `send` callable is a bound method of it). Under another
+server (or an in-process test client) it raises ConnectionAbortedError out of the app.
 """
 from __future__ import annotations
 

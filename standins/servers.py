@@ -49,13 +49,17 @@ class StandinServers:
     def __init__(self, host: str = "127.0.0.1", shopmonkey_port: int = 0, twilio_port: int = 0,
                  sendgrid_port: int = 0, *, shopmonkey: ShopMonkeyState | None = None,
                  twilio: TwilioState | None = None, sendgrid: SendGridState | None = None,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", access_log: bool = False) -> None:
         self.host = host
         self.shopmonkey = shopmonkey or ShopMonkeyState()
         self.twilio = twilio or TwilioState()
         self.sendgrid = sendgrid or SendGridState()
+        # States passed in belong to the caller (who closes them); ours are closed by stop().
+        self._owned = [mine for mine, given in ((self.shopmonkey, shopmonkey), (self.twilio, twilio),
+                                                (self.sendgrid, sendgrid)) if given is None]
         self._ports = {"shopmonkey": shopmonkey_port, "twilio": twilio_port, "sendgrid": sendgrid_port}
         self._log_level = log_level
+        self._access_log = access_log
         self._sockets: dict[str, socket.socket] = {}
         self._bound: dict[str, int] = {}  # kept after stop() so urls stay printable
         self._servers: dict[str, _BackgroundServer] = {}
@@ -100,7 +104,7 @@ class StandinServers:
             self._close_sockets()
             raise
         for name, app in apps.items():
-            config = uvicorn.Config(app, log_level=self._log_level, access_log=False, lifespan="off",
+            config = uvicorn.Config(app, log_level=self._log_level, access_log=self._access_log, lifespan="off",
                                     timeout_graceful_shutdown=1, loop="asyncio")
             self._servers[name] = _BackgroundServer(config)
         self._thread = threading.Thread(target=self._run, name="standins", daemon=True)
@@ -116,7 +120,7 @@ class StandinServers:
         self._thread = None
         self._servers.clear()
         self._close_sockets()
-        for state in (self.shopmonkey, self.twilio, self.sendgrid):
+        for state in self._owned:
             state.close()
 
     def __enter__(self) -> "StandinServers":
