@@ -42,11 +42,13 @@ class SendGridState:
         self.event_posts = Outbox()  # event webhook POSTs made
         self._lock = threading.RLock()
         self._outgoing = OutgoingCalls("sendgrid")
+        self._generation = 0
         self.reset()
 
     def reset(self) -> None:
         """Forget mail and injected behaviours; registered keys and the signing key stay."""
         with self._lock:
+            self._generation += 1  # events still scheduled for older mail are dropped
             self.modes = Modes()
             self.bounce_addresses: set[str] = set()
             self.event_webhook_url: str | None = None  # when set, events follow each accepted mail
@@ -125,9 +127,13 @@ class SendGridState:
         }
         self.sent.add(record)
         with self._lock:
-            url = self.event_webhook_url
+            url, generation = self.event_webhook_url, self._generation
         if url:
-            self._outgoing.submit(lambda: self.post_events(url, self.events_for(message_id)), self.event_delay)
+            def post_later() -> None:
+                if generation == self._generation:
+                    self.post_events(url, self.events_for(message_id))
+
+            self._outgoing.submit(post_later, self.event_delay)
         return message_id
 
     def reject(self, body: object, error: SendGridError) -> None:

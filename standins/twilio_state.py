@@ -77,12 +77,14 @@ class TwilioState:
         self._lock = threading.RLock()
         self._outgoing = OutgoingCalls("twilio")
         self._seq = itertools.count(1)
+        self._generation = 0
         self.reset()
 
     # ----- configuration used by tests and the control endpoints -----
     def reset(self) -> None:
         """Forget messages and injected behaviours; registered accounts stay."""
         with self._lock:
+            self._generation += 1  # callbacks still scheduled for older messages are dropped
             self.modes = Modes()
             self.opted_out: set[str] = set(MAGIC_OPTED_OUT)
             self.invalid_numbers: set[str] = set(MAGIC_INVALID)
@@ -197,10 +199,11 @@ class TwilioState:
             "uri": f"{base}.json",
         }
         record = dict(message, status_callback=params.get("StatusCallback"), media_urls=media, params=params)
+        generation = self._generation
         with self._lock:
             self._by_sid[sid] = record
         self.messages.add(record)
-        self._outgoing.submit(lambda: self._advance(record, "sent", account.auth_token), self.callback_delay)
+        self._outgoing.submit(lambda: self._advance(record, "sent", account.auth_token, generation), self.callback_delay)
         return message
 
     def reject(self, path_sid: str, params: dict, error: TwilioError) -> None:
@@ -209,8 +212,10 @@ class TwilioState:
                            "message": error.message, "seq": next(self._seq)})
 
     # ----- what Twilio does after answering -----
-    def _advance(self, record: dict, status: str, auth_token: str) -> None:
+    def _advance(self, record: dict, status: str, auth_token: str, generation: int) -> None:
         """queued -> sent -> delivered | undelivered; a callback for each step after queued."""
+        if generation != self._generation:
+            return
         error_code = self.undeliverable.get(record["to"]) if status != "sent" else None
         if status != "sent" and error_code:
             status = "undelivered"
@@ -227,7 +232,7 @@ class TwilioState:
         if record.get("status_callback"):
             self._post_status(record, status, error_code, auth_token)
         if status == "sent":
-            self._outgoing.submit(lambda: self._advance(record, "delivered", auth_token), self.callback_delay)
+            self._outgoing.submit(lambda: self._advance(record, "delivered", auth_token, generation), self.callback_delay)
 
     def _post_status(self, record: dict, status: str, error_code: int | None, auth_token: str) -> None:
         params = {
