@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import secrets
 import threading
 import time
@@ -66,6 +67,8 @@ class ShopMonkeyState:
         self._outgoing = OutgoingCalls("shopmonkey")
         self.webhooks = WebhookSender(self._outgoing, self.deliveries)  # tune retry timing here
         self._last_stamp = datetime.now(timezone.utc) - timedelta(seconds=1)
+        # Never reset: tests sharing one stand-in tell their customers apart by phone/email.
+        self._customer_seq = itertools.count(100)
         self.reset()
 
     def reset(self) -> None:
@@ -143,7 +146,7 @@ class ShopMonkeyState:
             stamp = self._stamp()
             cust = veh = None
             if with_customer:
-                cust = _default_customer(stamp) | (customer or {})
+                cust = _default_customer(stamp, next(self._customer_seq) % 10000) | (customer or {})
                 shop.customers[cust["id"]] = cust
             if with_vehicle:
                 veh = _default_vehicle() | (vehicle or {})
@@ -277,13 +280,13 @@ class ShopMonkeyState:
         return self.webhooks.send(url, secret, body, wait=wait)
 
 
-def _default_customer(stamp: str) -> dict:
+def _default_customer(stamp: str, n: int) -> dict:
     return {
         "id": new_id(), "firstName": "Dana", "lastName": "Lopez", "companyName": None,
         "customerType": "Customer", "marketingOptIn": True, "preferredContactMethod": "All",
         "email": None, "phone": None,  # null in practice: contacts live in the lists below
-        "emails": [{"id": new_id(), "email": "dana.lopez@example.com", "primary": True, "subscribed": True}],
-        "phoneNumbers": [{"id": new_id(), "number": "+15125550143", "extension": None, "primary": True,
+        "emails": [{"id": new_id(), "email": f"dana.lopez.{n}@example.com", "primary": True, "subscribed": True}],
+        "phoneNumbers": [{"id": new_id(), "number": f"+1512555{n:04d}", "extension": None, "primary": True,
                           "type": "Mobile", "optIn": True}],
         "address1": "100 Congress Ave", "city": "Austin", "state": "TX", "postalCode": "78701",
         "country": "US", "createdDate": stamp, "updatedDate": stamp,

@@ -11,10 +11,7 @@ import pytest
 
 from standins.outbox import Outbox
 from standins.servers import StandinServers
-
-TWILIO_SID = "AC" + "0123456789abcdef" * 2
-TWILIO_TOKEN = "standin-auth-token"
-SENDGRID_KEY = "SG.standin-test-key"
+from tests.standins.accounts import SENDGRID_KEY, TWILIO_SID, TWILIO_TOKEN
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from python_http_client.exceptions import (BadRequestsError, InternalServerError
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.mail import CustomArg, Header, Mail
 
-from conftest import SENDGRID_KEY
+from tests.standins.accounts import SENDGRID_KEY
 from lead_orchestrator.vendor_clients import make_sendgrid_client
 
 UNSUBSCRIBE = "<https://shop.example/u/abc>"

@@ -9,7 +9,7 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
-from conftest import TWILIO_SID, TWILIO_TOKEN
+from tests.standins.accounts import TWILIO_SID, TWILIO_TOKEN
 from lead_orchestrator.vendor_clients import make_twilio_client
 
 SHOP = "+15125550100"
