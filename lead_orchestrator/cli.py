@@ -36,6 +36,34 @@ def migrate() -> None:
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
 
 
+@main.command(help="Run the fast path alone: process inbox events the moment they are stored.")
+@click.option("--workers", default=8, show_default=True, help="Events processed at once.")
+def dispatcher(workers: int) -> None:
+    import logging
+    import signal
+    import threading
+
+    from lead_orchestrator.db import Database
+    from lead_orchestrator.dispatcher import DagsterReporter, Dispatcher
+    from lead_orchestrator.vendors import vendors_from_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with database_url_for(settings) as (url, _):
+        db = Database(url, max_size=workers + 2, name="dispatcher").open()
+        reporter = DagsterReporter() if settings.dagster_home else None
+        if reporter is None:
+            click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
+        click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
+        try:
+            Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
+        finally:
+            db.close()
+
+
 @main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--shopmonkey-port", default=8701, show_default=True)

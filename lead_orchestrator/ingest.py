@@ -69,7 +69,7 @@ def process_claimed_events(db, vendors, claimed: list[tuple[int, int]], *, now=u
             results.append(process_event(db, vendors, tenant_id, event_id, now=now))
         except Exception:  # noqa: BLE001 - recorded on the event; the others go on
             log.exception("event %s of tenant %s failed", event_id, tenant_id)
-            _release(db, tenant_id, event_id, "unexpected error (see run logs)")
+            release_event(db, tenant_id, event_id, "unexpected error (see run logs)")
             results.append(EventResult(tenant_id, "?", event_id, "?", "retry"))
     return results
 
@@ -103,7 +103,7 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     except (ShopMonkeyError, MissingCredentials) as exc:
         if isinstance(exc, MissingCredentials) or event["attempts"] >= MAX_EVENT_ATTEMPTS:
             return _failed(db, result, str(exc))
-        _release(db, tenant_id, event_id, str(exc))
+        release_event(db, tenant_id, event_id, str(exc))
         result.outcome = "retry"
         return result
 
@@ -245,8 +245,13 @@ def _failed(db, result: EventResult, error: str) -> EventResult:
     return result
 
 
-def _release(db, tenant_id: int, event_id: int, error: str) -> None:
-    """Gives the event back to the queue (a later run retries it)."""
+def release_event(db, tenant_id: int, event_id: int, error: str) -> None:
+    """Gives the event back to the queue; it is claimed again after a backoff that grows
+    with its attempts (2 s, 4 s, 8 s, … capped at 5 minutes)."""
     with db.tenant_tx(tenant_id) as conn:
-        conn.execute("UPDATE inbox_events SET status = 'pending', claimed_by = NULL, error = %s WHERE id = %s",
-                     (error, event_id))
+        conn.execute(
+            """UPDATE inbox_events SET status = 'pending', claimed_by = NULL, error = %s,
+                      available_at = clock_timestamp() + least(300, 2 ^ attempts) * interval '1 second'
+                WHERE id = %s""",
+            (error, event_id),
+        )

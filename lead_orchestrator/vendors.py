@@ -77,3 +77,13 @@ def read_unsubscribe_token(secret_key: str, token: str) -> tuple[int, str] | Non
     except (BadSignature, ValueError, TypeError):
         return None
     return int(tenant_id), str(email)
+
+
+def vendors_from_settings(settings) -> Vendors:
+    return Vendors(
+        shopmonkey_base_url=settings.shopmonkey_base_url,
+        twilio_base_url=settings.twilio_api_base_url,
+        sendgrid_base_url=settings.sendgrid_api_base_url,
+        public_base_url=settings.public_base_url,
+        secret_key=settings.secret_key(),
+    )
