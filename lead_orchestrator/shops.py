@@ -11,7 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 SECRET_FIELDS = ("shopmonkey_api_key", "webhook_secret", "twilio_auth_token", "sendgrid_api_key")
 EDITABLE_FIELDS = (
@@ -94,6 +94,12 @@ class ShopChanges(BaseModel):
         if normalized is None:
             raise ValueError(f"{value!r} is not a valid phone number (E.164, e.g. +15125550100)")
         return normalized
+
+    @model_validator(mode="after")
+    def _window_in_order(self) -> "ShopChanges":
+        if self.send_window_start and self.send_window_end and self.send_window_start >= self.send_window_end:
+            raise ValueError("send_window_start must be earlier than send_window_end")
+        return self
 
     def present(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
