@@ -25,6 +25,7 @@ from lead_orchestrator.ingest import EventResult, claim_events, process_event, r
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 2.0
+ALIVE_LOCK_KEY = 4242001  # matches fast_path_alive() in sql/0005_fast_path.sql
 
 
 class DagsterReporter:
@@ -65,6 +66,8 @@ class Dispatcher:
     def run(self, stop: threading.Event) -> None:
         listen = psycopg.connect(self.db.url, autocommit=True)
         listen.execute("LISTEN inbox_events")
+        # Tells the inbox sensor that a fast path is alive (see fast_path_alive()).
+        listen.execute("SELECT pg_advisory_lock_shared(%s)", (ALIVE_LOCK_KEY,))
         last_flush = time.monotonic()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="dispatch") as pool:
             try:

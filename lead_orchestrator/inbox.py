@@ -1,28 +1,67 @@
 """Storing events in the inbox: the durable hand-off between the receiver (and the
-poll) and the ingest job. A change seen twice — a re-delivered webhook, or a webhook
+poll) and the ingest path. A change seen twice — a re-delivered webhook, or a webhook
 and the poll — is stored once, keyed by (table, object id, updatedDate)."""
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 import psycopg
-from psycopg.types.json import Jsonb
+
+# The payload goes in as JSON text: the receiver already holds the raw body, and
+# re-serialising it would cost more than the insert.
+INSERT_EVENT = """
+    INSERT INTO inbox_events (tenant_id, source, webhook_id, dedup_key, operation, table_name, object_id, payload)
+    VALUES (current_tenant_id(), %s, %s, %s, %s, %s, %s, %s::jsonb)
+    ON CONFLICT DO NOTHING RETURNING id"""
 
 
-def dedup_key(table: str, data: dict, operation: str) -> str:
-    key = f"{table}:{data.get('id')}:{data.get('updatedDate') or ''}"
-    # A delete may carry the same updatedDate as the last update; keep it distinct.
-    return key + ":DELETE" if operation == "DELETE" else key
+@dataclass(frozen=True)
+class NewEvent:
+    source: str
+    operation: str
+    table: str
+    object_id: str
+    updated_date: str | None
+    payload_json: str
+    webhook_id: str | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        key = f"{self.table}:{self.object_id}:{self.updated_date or ''}"
+        # A delete may carry the same updatedDate as the last update; keep it distinct.
+        return key + ":DELETE" if self.operation == "DELETE" else key
+
+    def params(self) -> tuple:
+        return (self.source, self.webhook_id, self.dedup_key, self.operation, self.table, self.object_id,
+                self.payload_json)
+
+    def batch_item(self, position: int, tenant_id: int) -> str:
+        """This event as one element of store_inbox_events()'s JSON array. The payload is
+        spliced in as it arrived (it was validated as JSON) instead of parsed and dumped."""
+        head = json.dumps({"pos": position, "tenant_id": tenant_id, "source": self.source,
+                           "webhook_id": self.webhook_id, "dedup_key": self.dedup_key,
+                           "operation": self.operation, "table_name": self.table, "object_id": self.object_id},
+                          separators=(",", ":"))
+        return f'{head[:-1]},"payload":{self.payload_json}}}'
+
+    @classmethod
+    def from_row(cls, *, source: str, operation: str, table: str, data: dict, payload: dict,
+                 webhook_id: str | None = None) -> "NewEvent":
+        return cls(source, operation, table, str(data.get("id")), data.get("updatedDate"),
+                   json.dumps(payload, separators=(",", ":")), webhook_id)
+
+
+def insert_event(conn: psycopg.Connection, event: NewEvent) -> int | None:
+    """Inserts the event for the transaction's tenant. Returns its id, or None when the
+    same delivery or the same change was stored before."""
+    row = conn.execute(INSERT_EVENT, event.params()).fetchone()
+    if row is None:
+        return None
+    return row["id"] if isinstance(row, dict) else row[0]
 
 
 def store_event(conn: psycopg.Connection, *, source: str, operation: str, table: str, data: dict,
                 payload: dict, webhook_id: str | None = None) -> int | None:
-    """Inserts the event for the transaction's tenant. Returns its id, or None when the
-    same delivery or the same change was stored before."""
-    row = conn.execute(
-        """INSERT INTO inbox_events (tenant_id, source, webhook_id, dedup_key, operation, table_name,
-                                     object_id, payload)
-           VALUES (current_tenant_id(), %s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT DO NOTHING RETURNING id""",
-        (source, webhook_id, dedup_key(table, data, operation), operation, table, str(data.get("id")),
-         Jsonb(payload)),
-    ).fetchone()
-    return row["id"] if row else None
+    return insert_event(conn, NewEvent.from_row(source=source, operation=operation, table=table, data=data,
+                                                payload=payload, webhook_id=webhook_id))

@@ -1,8 +1,9 @@
 """The inbox sensor: the safety net under the fast path.
 
 The dispatcher (lead_orchestrator/dispatcher.py) takes events the moment they are
-committed. Events still waiting after INBOX_GRACE (dispatcher down, crashed or behind)
-get an ingest run from this sensor. Run keys are deterministic (the highest waiting id),
+committed. While a dispatcher is alive, events still waiting after INBOX_GRACE (it is
+behind, or failed on them) get an ingest run from this sensor; with no dispatcher
+alive, every waiting event does. Run keys are deterministic (the highest waiting id),
 so a tick that sees the same backlog twice requests nothing new.
 """
 
@@ -22,7 +23,9 @@ RETRY_AFTER = dt.timedelta(seconds=60)
 @sensor(job=ingest_job, minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING)
 def inbox_sensor(context: SensorEvaluationContext, database: DatabaseResource):
     with database.database().system_tx() as conn:
-        backlog = conn.execute("SELECT * FROM inbox_backlog_older_than(%s)", (INBOX_GRACE,)).fetchone()
+        alive = conn.execute("SELECT fast_path_alive() AS alive").fetchone()["alive"]
+        grace = INBOX_GRACE if alive else dt.timedelta(0)
+        backlog = conn.execute("SELECT * FROM inbox_backlog_older_than(%s)", (grace,)).fetchone()
     if not backlog["pending"]:
         return SkipReason("inbox is empty")
     max_id = backlog["max_id"]

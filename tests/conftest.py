@@ -191,6 +191,12 @@ def dagster_daemon(dagster_env, tmp_path_factory):
         proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
                                 cwd=root, env={**os.environ, **dagster_env}, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    # Ready once the sensor daemon has evaluated the inbox sensor (code location loaded).
+    from tests.support import wait_for
+
+    wait_for(lambda: proc.poll() is not None or "inbox_sensor" in log_path.read_text(errors="replace"),
+             timeout=120, interval=0.5, message="the Dagster daemon's first inbox_sensor tick")
+    assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
     yield proc, log_path
     proc.terminate()
     try:

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from fastapi import Depends, Path, Request
+from fastapi import Path, Request
 from psycopg_pool import PoolTimeout
+from starlette.concurrency import run_in_threadpool
 
 from lead_orchestrator.db import Database
 from lead_orchestrator.settings import Settings
@@ -15,14 +16,16 @@ from lead_orchestrator.shops import Shop, load_shop, tenant_id_for_slug
 from webhook_receiver.errors import ApiError
 
 SHOP_CACHE_SECONDS = 30.0
-DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout, psycopg.errors.AdminShutdown)
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout)
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a
+# thread pool, a hop that costs more than the work they do.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
@@ -38,11 +41,14 @@ class ShopCache:
 
     entries: dict[str, tuple[float, Shop | None]]
 
+    def cached(self, slug: str) -> tuple[bool, Shop | None]:
+        hit = self.entries.get(slug)
+        if hit and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     def get(self, db: Database, slug: str) -> Shop | None:
         now = time.monotonic()
-        hit = self.entries.get(slug)
-        if hit and hit[0] > now:
-            return hit[1]
         with db.system_tx() as conn:
             tenant_id = tenant_id_for_slug(conn, slug)
         shop = None
@@ -54,19 +60,31 @@ class ShopCache:
 
 
 async def current_shop(request: Request, tenant: str = Path(min_length=1, max_length=64)) -> Shop:
-    from starlette.concurrency import run_in_threadpool
+    """Dependency form of shop_for."""
+    return await shop_for(request, tenant)
 
-    try:
-        shop = await run_in_threadpool(request.app.state.shops.get, request.app.state.db, tenant)
-    except DATABASE_ERRORS:
-        raise database_unavailable() from None
+
+async def shop_for(request: Request, tenant: str) -> Shop:
+    """The active shop named `tenant` (404 if none), from a short-lived cache."""
+    hit, shop = request.app.state.shops.cached(tenant)
+    if not hit:
+        try:
+            shop = await run_in_threadpool(request.app.state.shops.get, request.app.state.db, tenant)
+        except DATABASE_ERRORS:
+            raise database_unavailable() from None
     if shop is None:
         raise ApiError(404, "unknown_shop", f"no active shop named {tenant!r}")
     return shop
 
 
-async def read_body(request: Request, settings: Settings = Depends(get_settings)) -> bytes:
-    limit = settings.max_webhook_body_bytes
+async def read_body(request: Request) -> bytes:
+    """Dependency form of read_limited_body."""
+    return await read_limited_body(request)
+
+
+async def read_limited_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is larger than the configured limit."""
+    limit = request.app.state.settings.max_webhook_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")

@@ -12,19 +12,25 @@ from lead_orchestrator.db import Database
 from lead_orchestrator.settings import Settings, get_settings
 from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
+from webhook_receiver.inbox_writer import InboxWriter
 from webhook_receiver.routers import health, shopmonkey
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if db is None and not settings.database_url:
+        raise RuntimeError("DATABASE_URL is not set: start the receiver with `lead-orchestrator up`, "
+                           "or set DATABASE_URL")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         owned = db is None
-        app.state.db = db or Database(settings.database_url, max_size=16, name="receiver").open(wait=False)
+        app.state.db = db or Database(settings.database_url, max_size=8, name="receiver").open(wait=False)
+        app.state.inbox_writer = InboxWriter(app.state.db.url).start()
         try:
             yield
         finally:
+            await app.state.inbox_writer.stop()
             if owned:
                 app.state.db.close()
 

@@ -6,6 +6,7 @@ verifier treats it, raw bytes: both forms are tried (each compare is constant-ti
 from __future__ import annotations
 
 import binascii
+from functools import lru_cache
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -15,17 +16,18 @@ class BadSignature(Exception):
     pass
 
 
-def verifiers(secret: str) -> list[Webhook]:
+@lru_cache(maxsize=1024)
+def verifiers(secret: str) -> tuple[Webhook, ...]:
     found = []
     try:
         found.append(Webhook(secret))
     except (binascii.Error, ValueError, Exception):  # not base64: only the raw form applies
         pass
     found.append(Webhook(secret.encode()))
-    return found
+    return tuple(found)
 
 
-def verify_standard_webhook(secret: str, body: bytes, headers: dict[str, str]) -> None:
+def verify_standard_webhook(secret: str, body: bytes, headers) -> None:
     """Raises BadSignature unless one `v1,` signature matches and the timestamp is
     within five minutes of now."""
     last = "no matching signature"

@@ -1,0 +1,135 @@
+"""Receiver throughput: signed webhooks durably acknowledged per second, and latency,
+against a bare FastAPI endpoint and a naive verify-and-INSERT endpoint, all served the
+same way (uvicorn, one process) and loaded by wrk from a separate process over loopback.
+
+    ./dev bench receiver [--seconds 10] [--connections 16]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from benchmarks.common import make_shops, machine, say, signed_order_webhook, spawn, start_database, stop, venv_bin
+from tests.support import free_port
+
+TARGETS = {
+    "bare": "benchmarks.baseline_apps:bare",
+    "naive": "benchmarks.baseline_apps:naive",
+    "receiver": "webhook_receiver.main:create_app",
+}
+
+
+def write_requests(prefix: Path, secret: str, threads: int, per_thread: int) -> None:
+    for t in range(threads):
+        with open(f"{prefix}-{t}.tsv", "w") as out:
+            for _ in range(per_thread):
+                headers, body = signed_order_webhook(secret)
+                out.write(f"{headers['webhook-id']}\t{headers['webhook-timestamp']}\t"
+                          f"{headers['webhook-signature']}\t{body.decode()}\n")
+
+
+def parse_wrk(text: str) -> dict:
+    def seconds(value: str, unit: str) -> float:
+        return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", text, re.M))
+    pct = {}
+    for q, raw in lat.items():
+        value, unit = re.match(r"([\d.]+)(\w+)", raw).groups()
+        pct[int(q)] = seconds(value, unit) * 1000
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "p50_ms": pct.get(50), "p99_ms": pct.get(99), "socket_errors": errors.group(1) if errors else ""}
+
+
+def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
+    port = free_port()
+    argv = [venv_bin("uvicorn"), TARGETS[name], "--host", "127.0.0.1", "--port", str(port),
+            "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+    if name == "receiver":
+        argv.append("--factory")
+    proc = spawn(argv, {**env, "DATABASE_URL": url, "NAIVE_SECRET": shop.webhook_secret.get_secret_value()},
+                 workdir / f"{name}.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(f"{base}/webhooks/shopmonkey/{shop.slug}", content=b"{}", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{name} did not start: {(workdir / f'{name}.log').read_text()[-2000:]}")
+                time.sleep(0.2)
+        prefix = workdir / f"req-{name}"
+        per_thread = int(args.max_rps * args.seconds * 1.2 / args.threads) + 1000
+        write_requests(prefix, shop.webhook_secret.get_secret_value(), args.threads, per_thread)
+        # Warm up, then measure.
+        subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(Path(__file__).with_name("wrk_signed.lua")),
+                        f"{base}/", "--", str(workdir / "warm"), f"/webhooks/shopmonkey/{shop.slug}"],
+                       capture_output=True, text=True) if (workdir / "warm-0.tsv").exists() else None
+        out = subprocess.run(
+            ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
+             "-s", str(Path(__file__).with_name("wrk_signed.lua")), f"{base}/", "--", str(prefix),
+             f"/webhooks/shopmonkey/{shop.slug}"], capture_output=True, text=True, check=True).stdout
+        result = parse_wrk(out)
+        result["raw"] = out
+        return result
+    finally:
+        stop(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench receiver", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-rps", type=int, default=12000, help="sizes the pre-signed request files")
+    parser.add_argument("--only", choices=list(TARGETS), action="append")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        say("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run again")
+        return 2
+    say(f"machine: {machine()}")
+    server, url = start_database()
+    workdir = Path(tempfile.mkdtemp(prefix="lead-bench-receiver-"))
+    try:
+        warm_shop = make_shops(url, 1, prefix="warm")[0]
+        write_requests(workdir / "warm", warm_shop.webhook_secret.get_secret_value(), 1, 4000)
+        results = {}
+        for name in args.only or TARGETS:
+            shop = make_shops(url, 1, prefix=f"rcv-{name}")[0]
+            say(f"{name}: {args.connections} connections for {args.seconds}s")
+            results[name] = r = run_one(name, url, {}, shop, args, workdir)
+            say(f"{name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
+                f"non-2xx {r['non2xx']} {r['socket_errors']}")
+            if name == "receiver":
+                with psycopg.connect(url) as conn:
+                    stored = conn.execute("SELECT count(*) FROM inbox_events WHERE tenant_id = %s",
+                                          (shop.id,)).fetchone()[0]
+                acked = r["requests"] - r["non2xx"]
+                say(f"receiver: {acked} acknowledged, {stored} stored in the inbox"
+                    f" ({'all committed' if stored >= acked else 'MISSING EVENTS'})")
+        if "bare" in results and "receiver" in results:
+            ratio = results["receiver"]["rps"] / results["bare"]["rps"]
+            vs_naive = results["receiver"]["rps"] / results["naive"]["rps"] if "naive" in results else float("nan")
+            say(f"receiver = {ratio:.0%} of bare, {vs_naive:.2f}x naive; p99 {results['receiver']['p99_ms']:.2f} ms "
+                f"(targets: >= 50% of bare, p99 <= 15 ms)")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
