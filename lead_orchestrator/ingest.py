@@ -130,7 +130,9 @@ def _fetch(vendors, shop: Shop, event: dict):
         return order, None, None  # no need to look further: the lead (if any) just ends
     customer = client.get_customer(order["customerId"]) if order.get("customerId") else None
     vehicle = None
-    if order.get("vehicleId"):
+    # The order from the API already names the vehicle (generatedVehicleName); fetching
+    # the vehicle as well would spend one more call per lead of a rate-limited API.
+    if order.get("vehicleId") and not order.get("generatedVehicleName"):
         try:
             vehicle = client.get_vehicle(order["vehicleId"])
         except ShopMonkeyNotFound:

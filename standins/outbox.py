@@ -44,6 +44,12 @@ class Outbox:
             raw = list(self._items)
         return [i.as_dict() if hasattr(i, "as_dict") else dict(i) for i in raw]
 
+    def items_since(self, start: int) -> list[dict]:
+        """Records from position `start` on (cheap polling for long-running observers)."""
+        with self._changed:
+            raw = self._items[start:]
+        return [i.as_dict() if hasattr(i, "as_dict") else dict(i) for i in raw]
+
     def __len__(self) -> int:
         with self._changed:
             return len(self._items)

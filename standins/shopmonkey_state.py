@@ -124,12 +124,13 @@ class ShopMonkeyState:
 
     def request_counts(self) -> dict:
         with self._lock:
-            return {"total": self._counts["total"], "by_key": dict(self._by_key), "by_path": dict(self._by_path),
+            return {"total": self._counts["total"], "rate_limited": self._counts["rate_limited"],
+                    "by_key": dict(self._by_key), "by_path": dict(self._by_path),
                     "by_key_path": {k: dict(v) for k, v in self._by_key_path.items()}}
 
     def reset_request_counts(self) -> None:
         with self._lock:
-            self._counts = {"total": 0}
+            self._counts = {"total": 0, "rate_limited": 0}
             self._by_key: collections.Counter[str] = collections.Counter()
             self._by_path: collections.Counter[str] = collections.Counter()
             self._by_key_path: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -243,6 +244,7 @@ class ShopMonkeyState:
         while hits and hits[0] <= now - window:
             hits.popleft()
         if len(hits) >= limit:
+            self._counts["rate_limited"] += 1
             wait = max(1, int(hits[0] + window - now + 0.999))
             raise ShopMonkeyError(429, "TOO_MANY_REQUESTS", "Too many requests, please slow down",
                                   {"Retry-After": str(wait)})
