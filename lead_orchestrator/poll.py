@@ -43,6 +43,7 @@ class PollConfig:
     overlap: dt.timedelta = OVERLAP
     # Per shop, waits for Retry-After included; the cycle stops starting shops after its own.
     shop_budget_s: float = 15.0
+    failing_shop_budget_s: float = 5.0  # a shop that failed last time gets less of the cycle
     cycle_budget_s: float = 25.0  # under the 30 s cadence, so cycles never pile up
     concurrency: int = 8  # at most this many shops in flight (and connections to ShopMonkey)
 
@@ -171,8 +172,7 @@ def _poll_one(db, vendors, tenant_id: int, http, now, cycle_deadline: float, con
     if started >= cycle_deadline:
         return ShopPoll(tenant_id, outcome="not_reached")
     try:
-        result = poll_shop(db, vendors, tenant_id, http=http, now=now,
-                           deadline=min(started + config.shop_budget_s, cycle_deadline), config=config)
+        result = poll_shop(db, vendors, tenant_id, http=http, now=now, cycle_deadline=cycle_deadline, config=config)
     except Exception as exc:  # noqa: BLE001 - e.g. the database went away; the other shops go on
         log.exception("poll of tenant %s failed", tenant_id)
         result = ShopPoll(tenant_id, outcome="error", error=f"{type(exc).__name__}: {exc}")
@@ -180,9 +180,10 @@ def _poll_one(db, vendors, tenant_id: int, http, now, cycle_deadline: float, con
     return result
 
 
-def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, deadline: float,
+def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_deadline: float | None = None,
               config: PollConfig = PollConfig()) -> ShopPoll:
     """One shop: read its watermark, list what changed, store it and advance the watermark."""
+    started = time.monotonic()
     with db.tenant_tx(tenant_id) as conn:
         shop = load_shop(conn, tenant_id)
         state = conn.execute("SELECT watermark, consecutive_errors FROM poll_state").fetchone()
@@ -192,6 +193,9 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, deadline: 
         result.outcome = "not_reached"  # deactivated meanwhile
         return result
     errors = state["consecutive_errors"] if state else 0
+    deadline = started + (config.failing_shop_budget_s if errors else config.shop_budget_s)
+    if cycle_deadline is not None:
+        deadline = min(deadline, cycle_deadline)
     watermark = state["watermark"] if state else None
     result.since = window_start(watermark, connected_at["created_at"], shop.max_lead_age_days, now, config.overlap)
 
