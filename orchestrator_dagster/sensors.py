@@ -46,9 +46,9 @@ def inbox_sensor(context: SensorEvaluationContext, database: DatabaseResource):
 # fresh process every 30 s (seconds of start-up on 2 cores, 2,880 runs a day in the run
 # list) to make one HTTP request per shop. What it finds goes to the inbox, and
 # inbox_sensor requests one ingest run for all of it: zero runs per cycle when nothing
-# changed, at most one when something did, however many shops there are. Operators see
+# changed, one when something did, however many shops there are. Operators see
 # each tick's summary (shops polled, new events, unauthorized/failing shops) in the
-# sensor's tick history, and stop or start it there.
+# sensor's tick history, and stop or start it there. More in docs/poll.md.
 
 
 @functools.cache
@@ -57,7 +57,8 @@ def _poll_http():
     return new_http_client()
 
 
-@sensor(minimum_interval_seconds=30, default_status=DefaultSensorStatus(get_settings().poll_sensor_default_status.upper()),
+@sensor(minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus(get_settings().poll_sensor_default_status.upper()),
         description="Backup poll every 30 s: lists each shop's changed ShopMonkey orders into the inbox "
                     "(inbox_sensor then requests the ingest run).")
 def poll_sensor(context: SensorEvaluationContext, database: DatabaseResource, vendors: VendorsResource):

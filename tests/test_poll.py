@@ -96,6 +96,32 @@ def test_window_starts_at_the_watermark_minus_the_overlap_or_at_connection_for_a
     assert window_start(None, now - dt.timedelta(days=400), 7, now, overlap) == now - dt.timedelta(days=7) - overlap
 
 
+def test_client_refilters_sorts_and_dedupes_what_the_api_sends():
+    """A server that repeats a row across pages (the table changed while we paged),
+    ignores the sort and slips in a row outside the window."""
+    import httpx
+
+    since = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    at = lambda minutes: iso(since + dt.timedelta(minutes=minutes))  # noqa: E731
+    pages = [
+        {"data": [{"id": "c", "updatedDate": at(3)}, {"id": "a", "updatedDate": at(1)}], "meta": {"hasMore": True}},
+        {"data": [{"id": "a", "updatedDate": at(1)}, {"id": "b", "updatedDate": at(2)},
+                  {"id": "old", "updatedDate": at(-60)}], "meta": {"hasMore": False}},
+    ]
+    seen_skips = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        skip = int(request.url.params["skip"])
+        seen_skips.append(skip)
+        return httpx.Response(200, json={"success": True, **pages[0 if skip == 0 else 1]})
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        client = shopmonkey_client.ShopMonkeyClient("http://sm.test", "key", http=http)
+        scan = client.scan_orders_updated_since(since)
+    assert [(r["id"], r["updatedDate"]) for r in scan.rows] == [("a", at(1)), ("b", at(2)), ("c", at(3))]
+    assert (scan.received, scan.requests, seen_skips) == (5, 2, [0, 2])
+
+
 # --- the poll against the stand-in ------------------------------------------------------
 
 def test_dropped_webhook_is_found_by_the_poll_and_the_first_touch_goes_out(db, vendors, standins, connected_shop,

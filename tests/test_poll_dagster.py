@@ -74,8 +74,9 @@ def _poll_sensor_state(instance: DagsterInstance):
 
 
 @pytest.mark.daemon
-def test_operator_starts_the_poll_and_the_daemon_catches_a_dropped_webhook(dagster_daemon, dagster_env, dagster_instance,
-                                                                           standins, connected_shop, admin):
+def test_operator_starts_the_poll_and_the_daemon_catches_a_dropped_webhook(dagster_daemon, dagster_env,
+                                                                           dagster_instance, standins,
+                                                                           connected_shop, admin):
     shop = connected_shop()
     order = new_order(standins, shop, emit_webhook=False)
     # The session's daemon has the poll stopped (POLL_SENSOR_DEFAULT_STATUS=stopped): an

@@ -55,8 +55,8 @@ def test_order_change_after_the_first_touch_ends_the_sequence(change, path, db, 
     logged = admin.execute("SELECT detail FROM lead_events WHERE lead_id = %s AND kind = %s",
                            (lead["id"], f"lead_{status}")).fetchone()
     assert logged["detail"]["reason"] == reason and logged["detail"]["touches_cancelled"] == 3
-    touches = admin.execute("SELECT step, channel, status, reason FROM touches WHERE lead_id = %s ORDER BY step, channel",
-                            (lead["id"],)).fetchall()
+    touches = admin.execute("SELECT step, channel, status, reason FROM touches WHERE lead_id = %s "
+                            "ORDER BY step, channel", (lead["id"],)).fetchall()
     assert [(t["step"], t["status"]) for t in touches] == [(0, "sent"), (0, "sent"), (1, "cancelled"),
                                                           (2, "cancelled"), (3, "cancelled")]
     assert {t["reason"] for t in touches if t["status"] == "cancelled"} == {f"lead_{status}:{reason}"}
