@@ -10,6 +10,7 @@ BENCHMARKS = {
     "burst": ("benchmarks.burst", "1,000 estimates in 10 s over 50 shops"),
     "receiver": ("benchmarks.receiver_throughput", "webhooks acknowledged per second vs bare and naive"),
     "idle": ("benchmarks.idle_cost", "CPU and memory of the whole stack with 100 shops and no traffic"),
+    "poll": ("benchmarks.poll_cycle", "one backup-poll cycle over 200 shops with nothing new"),
 }
 
 

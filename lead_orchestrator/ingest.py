@@ -149,6 +149,9 @@ def _vehicle_name(order: dict, vehicle: dict | None) -> str | None:
 
 
 def _upsert_lead(conn, shop: Shop, event, order, customer, vehicle, now, result: EventResult):
+    # Two events of one order (a webhook and a poll sighting) may be processed by two runs
+    # at once: apply them one after the other, so the second sees the lead the first made.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, current_tenant_id()))", (order["id"],))
     lead = conn.execute("SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (order["id"],)).fetchone()
     reason = closing_reason(order)
     if lead is not None:

@@ -9,6 +9,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
     max_webhook_body_bytes: int = Field(default=256 * 1024, alias="MAX_WEBHOOK_BODY_BYTES")
     webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
+    # The 30-second backup poll sensor's state when no operator has set one in the UI
+    # ("stopped" e.g. in test sessions, which start it explicitly).
+    poll_sensor_default_status: Literal["running", "stopped"] = Field(default="running",
+                                                                     alias="POLL_SENSOR_DEFAULT_STATUS")
     # Signs unsubscribe links. Unset: a random key is kept in DATA_DIR/app_secret_key.
     app_secret_key: SecretStr | None = Field(default=None, alias="APP_SECRET_KEY")
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from lead_orchestrator.qualification import parse_time
 
@@ -32,10 +35,30 @@ class ShopMonkeyNotFound(ShopMonkeyError):
     pass
 
 
+class ShopMonkeyTimeout(ShopMonkeyError):
+    """The caller's time budget ran out before the answer was complete."""
+
+
 class _Retryable(ShopMonkeyError):
     def __init__(self, message: str, status: int | None, retry_after: float | None):
         super().__init__(message, status)
         self.retry_after = retry_after
+
+
+def since_filter(since: dt.datetime) -> dict[str, Any]:
+    """The `where` clause for "updated at or after `since`" (Prisma-style, as integrators
+    observed). Kept in one place: if ShopMonkey spells it differently, only this changes,
+    and the client-side re-check keeps the result right meanwhile."""
+    return {"updatedDate": {"gte": since.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")}}
+
+
+@dataclass(frozen=True)
+class OrderScan:
+    """Orders changed since a moment, plus what it took to get them."""
+
+    rows: list[dict[str, Any]]  # inside the window, oldest first, each (id, updatedDate) once
+    received: int  # rows the API returned, before our own filter
+    requests: int  # list requests made (pages, plus retries)
 
 
 def _wait(state: RetryCallState) -> float:
@@ -44,6 +67,16 @@ def _wait(state: RetryCallState) -> float:
     if isinstance(exc, _Retryable) and exc.retry_after is not None:
         return min(exc.retry_after, MAX_RETRY_AFTER_SECONDS)
     return min(0.2 * 2 ** (state.attempt_number - 1), 5.0)
+
+
+class _StopBefore(stop_base):
+    """Stops retrying when the next wait would end past `deadline` (a time.monotonic() value)."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return time.monotonic() + (state.upcoming_sleep or 0.0) >= self.deadline
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -59,6 +92,7 @@ class ShopMonkeyClient:
                  max_attempts: int = 4, http: httpx.Client | None = None):
         self._http = http or httpx.Client(timeout=timeout)
         self._owns_http = http is None
+        self._timeout = timeout
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._max_attempts = max_attempts
@@ -86,24 +120,34 @@ class ShopMonkeyClient:
 
     # --- lists ------------------------------------------------------------------
     def orders_updated_since(self, since: dt.datetime) -> list[dict[str, Any]]:
-        """Every order with updatedDate >= since, oldest first, each (id, updatedDate) once.
+        """Every order with updatedDate >= since, oldest first, each (id, updatedDate) once."""
+        return self.scan_orders_updated_since(since).rows
 
-        Filters and sorts again on our side: the API may ignore the filter or the sort.
+    def scan_orders_updated_since(self, since: dt.datetime, *, deadline: float | None = None) -> OrderScan:
+        """Pages through the orders changed since `since` until `meta.hasMore` is false.
+
+        Filters, sorts and de-duplicates again on our side: the API may ignore the filter
+        or the sort, and a table that changes while we page can repeat rows. `deadline`
+        (a time.monotonic() value) bounds the whole scan, waits for Retry-After included;
+        past it, ShopMonkeyTimeout (or the last retryable error) is raised.
         """
-        where = {"updatedDate": {"gte": since.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")}}
+        before = self.requests_made
+        received = 0
         seen: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in self._pages("/v3/order", where=where, orderby={"updatedDate": "asc"}):
+        for row in self._pages("/v3/order", deadline, where=since_filter(since), orderby={"updatedDate": "asc"}):
+            received += 1
             updated = parse_time(row.get("updatedDate"))
-            if updated is None or updated < since:
+            if updated is None or updated < since or not row.get("id"):
                 continue
             seen.setdefault((row["id"], row["updatedDate"]), row)
-        return sorted(seen.values(), key=lambda r: (parse_time(r["updatedDate"]), r["id"]))
+        rows = sorted(seen.values(), key=lambda r: (parse_time(r["updatedDate"]), r["id"]))
+        return OrderScan(rows, received, self.requests_made - before)
 
-    def _pages(self, path: str, **query: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, path: str, deadline: float | None = None, **query: Any) -> Iterator[dict[str, Any]]:
         params = {k: json.dumps(v) for k, v in query.items()}
         skip = 0
         while True:
-            body = self._get(path, params={**params, "limit": PAGE_SIZE, "skip": skip})
+            body = self._get(path, params={**params, "limit": PAGE_SIZE, "skip": skip}, deadline=deadline)
             rows = body.get("data") or []
             yield from rows
             if not (body.get("meta") or {}).get("hasMore") or not rows:
@@ -111,13 +155,22 @@ class ShopMonkeyClient:
             skip += len(rows)
 
     # --- transport -------------------------------------------------------------
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        @retry(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)), wait=_wait,
-               stop=stop_after_attempt(self._max_attempts), reraise=True)
+    def _get(self, path: str, params: dict[str, Any] | None = None, *,
+             deadline: float | None = None) -> dict[str, Any]:
+        stop = stop_after_attempt(self._max_attempts)
+        if deadline is not None:
+            stop = stop | _StopBefore(deadline)  # never sleep past the caller's budget
+
+        @retry(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)), wait=_wait, stop=stop, reraise=True)
         def attempt() -> dict[str, Any]:
+            timeout = self._timeout
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise ShopMonkeyTimeout(f"ShopMonkey {path}: time budget exhausted")
             self.requests_made += 1
             try:
-                response = self._http.get(self._base + path, params=params, headers=self._headers)
+                response = self._http.get(self._base + path, params=params, headers=self._headers, timeout=timeout)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 raise _Retryable(f"ShopMonkey {path}: {type(exc).__name__}", None, None) from exc
             return self._parse(path, response)

@@ -24,8 +24,10 @@ class Vendors:
     secret_key: str
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def shopmonkey(self, shop: Shop) -> ShopMonkeyClient:
+    def shopmonkey(self, shop: Shop, *, http=None) -> ShopMonkeyClient:
         key = _secret(shop, "shopmonkey_api_key")
+        if http is not None:  # a shared connection pool (the poll): cheap to build, nothing to cache
+            return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http)
         return self._cached(("sm", shop.id, key), lambda: ShopMonkeyClient(self.shopmonkey_base_url, key))
 
     def sms(self, shop: Shop) -> TwilioSender:

@@ -7,12 +7,12 @@ from orchestrator_dagster.assets import leads
 from orchestrator_dagster.jobs import ingest_job, touchpoints_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.schedules import touchpoints_schedule
-from orchestrator_dagster.sensors import inbox_sensor
+from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
 
 defs = Definitions(
     assets=[leads],
     jobs=[ingest_job, touchpoints_job],
-    sensors=[inbox_sensor],
+    sensors=[inbox_sensor, poll_sensor],
     schedules=[touchpoints_schedule],
     resources={
         "database": DatabaseResource(database_url=EnvVar("DATABASE_URL")),

@@ -163,6 +163,8 @@ def dagster_env(pg, database_url, standins, receiver, settings, tmp_path_factory
         "SHOPMONKEY_BASE_URL": standins.shopmonkey_url, "TWILIO_API_BASE_URL": standins.twilio_url,
         "SENDGRID_API_BASE_URL": standins.sendgrid_url, "PUBLIC_BASE_URL": receiver.url,
         "APP_SECRET_KEY": settings.secret_key(),
+        # The poll touches every shop of the session; only the tests that need it start it.
+        "POLL_SENSOR_DEFAULT_STATUS": "stopped",
     }
 
 
