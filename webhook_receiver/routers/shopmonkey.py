@@ -5,7 +5,7 @@ be stored the answer is 503, which ShopMonkey retries.
 """
 from __future__ import annotations
 
-import json
+import re
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -20,9 +20,13 @@ from webhook_receiver.deps import (DATABASE_ERRORS, current_shop, database_unava
                                    require_content_type)
 from webhook_receiver.errors import ApiError
 from webhook_receiver.models import Accepted, ErrorBody, ShopMonkeyWebhook
+from webhook_receiver.payloads import PayloadError, parse_json_object
 from webhook_receiver.signatures import BadSignature, verify_standard_webhook
 
 router = APIRouter(prefix="/webhooks/shopmonkey", tags=["shopmonkey"])
+
+# Stored in a unique index: bounded, so no header can exceed what an index row holds.
+WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,255}")
 
 _ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 404, 413, 415, 422, 429, 503)}
 
@@ -42,15 +46,18 @@ async def receive_shopmonkey_webhook(
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_encoding", "the body is not UTF-8") from None
+    webhook_id = request.headers.get("webhook-id")
+    if webhook_id is not None and not WEBHOOK_ID.fullmatch(webhook_id):
+        raise ApiError(400, "invalid_webhook_id", "webhook-id must be 1-255 visible ASCII characters")
     try:
         verify_standard_webhook(secret, body, dict(request.headers))
     except BadSignature as exc:
         metrics.WEBHOOKS.labels("shopmonkey", "bad_signature").inc()
         raise ApiError(401, "bad_signature", f"signature check failed: {exc}") from None
     try:
-        raw = json.loads(text)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+        raw = parse_json_object(text)
+    except PayloadError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
     try:
         event = ShopMonkeyWebhook.model_validate(raw)
     except ValidationError as exc:
@@ -61,7 +68,7 @@ async def receive_shopmonkey_webhook(
     def store() -> int | None:
         with db.tenant_tx(shop.id) as conn:
             return store_event(conn, source="webhook", operation=event.operation, table=event.table,
-                               data=raw["data"], payload=raw, webhook_id=request.headers.get("webhook-id"))
+                               data=raw["data"], payload=raw, webhook_id=webhook_id)
 
     try:
         event_id = await run_in_threadpool(store)
