@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+
+from lead_orchestrator import redaction
 
 APP_ROLE = "lead_app"
 
@@ -60,6 +63,7 @@ def _dropped_if_not_app_role(conn: psycopg.Connection) -> Iterator[None]:
 class Database:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, name: str = "lead"):
         self.url = libpq_url(url)
+        redaction.register(urlsplit(self.url).password)  # a password in the URL never reaches a log
         self.pool = ConnectionPool(
             self.url,
             min_size=min_size,

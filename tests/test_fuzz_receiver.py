@@ -103,7 +103,7 @@ def audit(fuzz) -> int:
 
 
 def exchange(fuzz, stats: Counter, method: str, path: str, *, headers: dict, content: bytes,
-             params: dict | None = None, signed_for_real_shop: bool = False) -> httpx.Response | None:
+             params: dict | None = None, signed_for_real_shop: bool = False, note: str = "") -> httpx.Response | None:
     """Sends one case and checks everything that must hold for every case."""
     before = audit(fuzz)
     try:
@@ -122,11 +122,11 @@ def exchange(fuzz, stats: Counter, method: str, path: str, *, headers: dict, con
         assert isinstance(error["code"], str) and isinstance(error["message"], str)
         assert after == before, f"rejected request ({status}) changed {after - before} row(s)"
     elif status == 202:
-        assert signed_for_real_shop, "accepted a delivery that was not validly signed for that shop"
+        assert signed_for_real_shop, f"accepted a delivery not validly signed for that shop: {note} {path} {headers}"
         assert after > before
         stats["accepted"] += 1
     elif status == 200 and path.startswith("/webhooks/"):
-        assert signed_for_real_shop and after == before  # a duplicate changes nothing
+        assert signed_for_real_shop and after == before, f"duplicate: {note} {path} {headers}"
     return response
 
 
@@ -296,18 +296,20 @@ def test_hostile_deliveries(fuzz):
             headers = sign(secret, body)
             sent = body + b" " if body[-1:] != b" " else body[:-1]
         else:  # replay an accepted delivery byte for byte (or a fresh one if none yet)
-            sent, headers = accepted[-1] if accepted else (body, sign(secret, body))
+            sent, headers, signed_for = accepted[-1] if accepted else (body, sign(secret, body), "fuzz-shop")
             headers = dict(headers)
-            signature = "valid"
         if content_type:
             headers["content-type"] = content_type
         from urllib.parse import quote
 
-        validly_signed = signature == "valid" and tenant == "fuzz-shop" and _is_utf8(sent)
+        if signature != "replay":  # whose secret made a valid signature, if any
+            signed_for = {"valid": "fuzz-shop", "other shop": "other-shop"}.get(signature)
+        validly_signed = _is_utf8(sent) and tenant == signed_for
         response = exchange(fuzz, stats, "POST", f"/webhooks/shopmonkey/{quote(tenant, safe='')}",
-                            headers=headers, content=sent, signed_for_real_shop=validly_signed)
+                            headers=headers, content=sent, signed_for_real_shop=validly_signed,
+                            note=f"{signature} {tenant!r} {sent[:80]!r}")
         if response is not None and response.status_code == 202:
-            accepted.append((sent, dict(headers)))
+            accepted.append((sent, dict(headers), tenant))
 
     started = time.monotonic()
     try:
