@@ -87,7 +87,8 @@ def report():
     figures = {name: {"cases": sum(v for k, v in c.items() if k.isdigit()) + c["unsendable"],
                       "5xx": c["5xx"], "accepted": c["accepted"], "unsendable": c["unsendable"],
                       "seconds": round(TIMES.get(name, 0), 1),
-                      "statuses": {k: v for k, v in sorted(c.items()) if k.isdigit()}}
+                      "statuses": {k: v for k, v in sorted(c.items()) if k.isdigit()},
+                      "aims": {k[4:]: v for k, v in sorted(c.items()) if k.startswith("aim ")}}
                for name, c in STATS.items()}
     figures["total"] = {"cases": sum(f["cases"] for f in figures.values()),
                         "5xx": sum(f["5xx"] for f in figures.values()),
@@ -164,7 +165,8 @@ def test_schemathesis_cases_from_the_receivers_openapi(fuzz):
     secret = shop.webhook_secret.get_secret_value()
 
     @HYPOTHESIS
-    @given(case=cases, aim=st.sampled_from(["as generated", "real shop", "real shop, signed", "real shop, signed"]))
+    # Hypothesis favours the first choice: most cases should get past the shop lookup.
+    @given(case=cases, aim=st.sampled_from(["real shop, signed", "real shop", "as generated"]))
     def run(case, aim):
         real = aim != "as generated" and "tenant" in (case.path_parameters or {})
         if real:
@@ -182,6 +184,7 @@ def test_schemathesis_cases_from_the_receivers_openapi(fuzz):
             headers = {k: v for k, v in headers.items() if not k.lower().startswith("webhook-")}
             headers |= sign(secret, content)
         path = kwargs["url"][len(fuzz["server"].url):]
+        stats["aim " + aim + (" get" if kwargs["method"] == "GET" else "")] += 1
         response = exchange(fuzz, stats, kwargs["method"], path, headers=headers, content=content,
                             params=kwargs.get("params"), signed_for_real_shop=signed)
         if response is not None:
