@@ -76,7 +76,7 @@ def _scrub(record: logging.LogRecord) -> None:
     except Exception:  # noqa: BLE001 - a bad format string is the handler's problem, not ours
         return
     if contains_secret(message):
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = redact(message), ()
     if record.exc_info and record.exc_info[1] is not None:
         text = logging.Formatter().formatException(record.exc_info)
         if contains_secret(text):
