@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
 
 MASK = "[REDACTED]"
 # Shorter values would mask ordinary words; real keys and tokens are far longer.
@@ -52,7 +56,8 @@ def contains_secret(text: str) -> bool:
 
 
 def install() -> None:
-    """Wraps the LogRecord factory once per process."""
+    """Wraps the LogRecord factory, and the hooks that print uncaught exceptions, once
+    per process."""
     global _installed
     with _lock:
         if _installed:
@@ -65,7 +70,31 @@ def install() -> None:
             return record
 
         logging.setLogRecordFactory(factory)
+
+        def print_redacted(exc_type, exc, tb) -> None:
+            sys.stderr.write(redact("".join(traceback.format_exception(exc_type, exc, tb))))
+
+        sys.excepthook = print_redacted
+        threading.excepthook = lambda args: print_redacted(args.exc_type, args.exc_value, args.exc_traceback)
         _installed = True
+
+
+class RedactedError(RuntimeError):
+    """Stands in for an exception whose message held a secret."""
+
+
+@contextmanager
+def redacted_errors() -> Iterator[None]:
+    """Re-raises an exception whose text holds a known secret as a RedactedError with
+    the secret masked. For code whose exceptions are stored by someone else (Dagster
+    keeps a failed step's error in its event log and shows it in the UI)."""
+    try:
+        yield
+    except Exception as exc:
+        text = "".join(traceback.format_exception(exc))
+        if contains_secret(text):
+            raise RedactedError(redact(f"{type(exc).__name__}: {exc}")) from None
+        raise
 
 
 def _scrub(record: logging.LogRecord) -> None:

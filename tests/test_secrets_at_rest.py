@@ -260,3 +260,41 @@ def test_known_secrets_are_redacted_from_log_records(make_shop, caplog):
     text = caplog.text + "".join(r.getMessage() for r in caplog.records)
     assert secret not in text
     assert text.count(redaction.MASK) >= 3
+
+
+def test_a_failed_dagster_step_stores_no_secret():
+    """Dagster keeps a failed step's exception in its event log (and shows it in the
+    UI); the ops are wrapped so that text is redacted first."""
+    from dagster import DagsterInstance, job, op, serialize_value
+
+    secret = "tw-" + uuid.uuid4().hex
+    redaction.register(secret)
+
+    @op
+    @redaction.redacted_errors()
+    def failing_step() -> None:
+        raise RuntimeError(f"Twilio said: token {secret} is wrong")
+
+    @job
+    def failing_job():
+        failing_step()
+
+    with DagsterInstance.ephemeral() as instance:
+        result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+        stored = "\n".join(serialize_value(e) for e in instance.all_logs(result.run_id))
+    assert not result.success
+    assert "RedactedError" in stored and redaction.MASK in stored
+    assert secret not in stored
+
+
+def test_an_uncaught_exception_prints_redacted(tmp_path):
+    import subprocess
+    import sys
+
+    secret = "sg-" + uuid.uuid4().hex
+    script = ("from lead_orchestrator import redaction\n"
+              f"redaction.register({secret!r})\n"
+              f"raise RuntimeError('key ' + {secret!r})\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "RuntimeError: key [REDACTED]" in done.stderr and secret not in done.stderr
