@@ -16,7 +16,9 @@ from lead_orchestrator.shops import SECRET_FIELDS, ShopChanges, create_shop, get
 
 @click.group(help="Lead Orchestrator: answers new ShopMonkey estimates by text and email within seconds.")
 def main() -> None:
-    pass
+    from lead_orchestrator import redaction
+
+    redaction.install()
 
 
 @main.command(help="Start everything: database, stand-ins (unless real vendors are configured), "
@@ -62,6 +64,59 @@ def dispatcher(workers: int) -> None:
             Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
         finally:
             db.close()
+
+
+@main.command("rotate-encryption-key", help=(
+    "Re-encrypt every shop secret under the first key of LEAD_ENCRYPTION_KEY. Rotation: "
+    "set LEAD_ENCRYPTION_KEY=NEW,OLD everywhere, run this, then remove OLD. Without "
+    "LEAD_ENCRYPTION_KEY (local mode) use --generate-new-key."))
+@click.option("--generate-new-key", is_flag=True,
+              help="Local mode: replace the key kept in DATA_DIR/encryption_key by a new one (stop `up` first).")
+@click.option("--print-new-key", is_flag=True, help="Only print a newly generated key, to put first in LEAD_ENCRYPTION_KEY.")
+def rotate_encryption_key(generate_new_key: bool, print_new_key: bool) -> None:
+    from lead_orchestrator.secret_box import SecretBox, SecretKeyError, new_key
+    from lead_orchestrator.secret_rotation import rotate_secrets
+
+    if print_new_key:
+        click.echo(new_key())
+        return
+    settings = get_settings()
+    if generate_new_key and settings.lead_encryption_key is not None:
+        raise click.ClickException("LEAD_ENCRYPTION_KEY is set: put a new key first in it "
+                                   "(`--print-new-key` makes one), keep the old one after it, and run again")
+    try:
+        keys = settings.encryption_keys()
+        if generate_new_key:
+            keys = [new_key(), *keys]
+            # Old keys stay in the file until every row is re-encrypted: a crash midway loses nothing.
+            _replace_file(settings.encryption_key_file, "\n".join(keys) + "\n")
+        box = SecretBox(keys)
+        with database_url_for(settings) as (url, _):
+            apply_migrations(url, box=box)
+            with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+                counts = rotate_secrets(conn, box)
+    except SecretKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    if generate_new_key:
+        _replace_file(settings.encryption_key_file, keys[0] + "\n")
+    total = sum(counts.values())
+    click.echo(f"re-encrypted {total} secret(s) under the first key"
+               + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if total else ""))
+    if generate_new_key:
+        click.echo(f"{settings.encryption_key_file} now holds only the new key; restart running processes")
+    elif len(keys) > 1:
+        click.echo("every secret now reads with the first key: remove the older key(s) from "
+                   "LEAD_ENCRYPTION_KEY and restart the processes")
+
+
+def _replace_file(path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
 
 
 @main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
+
+from lead_orchestrator import redaction
 
 APP_ROLE = "lead_app"
 
@@ -36,9 +39,31 @@ def _act_as_app_role(conn: psycopg.Connection) -> None:
     conn.commit()
 
 
+class NotAppRole(RuntimeError):
+    pass
+
+
+def _require_app_role(row) -> None:
+    # RLS binds only roles that do not own the tables: a pooled connection whose role
+    # was reset (RESET ROLE in some bug) would see every tenant, so refuse it.
+    role = row["role"] if isinstance(row, dict) else row[-1]
+    if role != APP_ROLE:
+        raise NotAppRole(f"this connection acts as {role!r}, not {APP_ROLE!r}: row-level security would not apply")
+
+
+@contextmanager
+def _dropped_if_not_app_role(conn: psycopg.Connection) -> Iterator[None]:
+    try:
+        yield
+    except NotAppRole:
+        conn.close()  # the pool discards a closed connection instead of handing it out again
+        raise
+
+
 class Database:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, name: str = "lead"):
         self.url = libpq_url(url)
+        redaction.register(urlsplit(self.url).password)  # a password in the URL never reaches a log
         self.pool = ConnectionPool(
             self.url,
             min_size=min_size,
@@ -59,14 +84,17 @@ class Database:
     @contextmanager
     def tenant_tx(self, tenant_id: int) -> Iterator[psycopg.Connection]:
         """A transaction in which only `tenant_id`'s rows exist."""
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(int(tenant_id)),))
+        with self.pool.connection() as conn, _dropped_if_not_app_role(conn), conn.transaction():
+            row = conn.execute("SELECT set_config('app.tenant_id', %s, true), current_user AS role",
+                               (str(int(tenant_id)),)).fetchone()
+            _require_app_role(row)
             yield conn
 
     @contextmanager
     def system_tx(self) -> Iterator[psycopg.Connection]:
         """A transaction with no tenant: tenant tables read as empty here."""
-        with self.pool.connection() as conn, conn.transaction():
+        with self.pool.connection() as conn, _dropped_if_not_app_role(conn), conn.transaction():
+            _require_app_role(conn.execute("SELECT current_user AS role").fetchone())
             yield conn
 
     def admin_connect(self, **kwargs) -> psycopg.Connection:

@@ -21,11 +21,20 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("the sql/ migrations folder is missing from this installation")
 
 
-def apply_migrations(database_url: str) -> list[str]:
-    """Applies pending migrations; returns the ids applied by this call."""
+def apply_migrations(database_url: str, box=None) -> list[str]:
+    """Applies pending migrations, then encrypts any shop secret still stored in plain
+    text (rows from before encryption at rest); returns the ids applied by this call."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from lead_orchestrator.secret_box import default_box
+    from lead_orchestrator.secret_rotation import encrypt_plaintext_secrets
+
     backend = get_backend("postgresql+psycopg://" + libpq_url(database_url).partition("://")[2])
     migrations = read_migrations(str(migrations_dir()))
     with backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
+        with psycopg.connect(libpq_url(database_url), row_factory=dict_row) as conn:
+            encrypt_plaintext_secrets(conn, box or default_box())
     return [m.id for m in pending]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ SENDGRID_REAL_URL = "https://api.sendgrid.com"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL", repr=False)  # may hold a password
     shopmonkey_base_url: str = Field(default=SHOPMONKEY_REAL_URL, alias="SHOPMONKEY_BASE_URL")
     twilio_api_base_url: str = Field(default=TWILIO_REAL_URL, alias="TWILIO_API_BASE_URL")
     sendgrid_api_base_url: str = Field(default=SENDGRID_REAL_URL, alias="SENDGRID_API_BASE_URL")
@@ -42,17 +43,36 @@ class Settings(BaseSettings):
                                                                      alias="POLL_SENSOR_DEFAULT_STATUS")
     # Signs unsubscribe links. Unset: a random key is kept in DATA_DIR/app_secret_key.
     app_secret_key: SecretStr | None = Field(default=None, alias="APP_SECRET_KEY")
+    # Encrypts the shops' secrets at rest: Fernet keys, comma-separated, newest first.
+    # Unset: a generated key is kept in DATA_DIR/encryption_key (local/embedded use).
+    lead_encryption_key: SecretStr | None = Field(default=None, alias="LEAD_ENCRYPTION_KEY")
+    # Requests per shop and vendor on /webhooks/{vendor}/{shop}/...: a misbehaving sender
+    # gets 429 + Retry-After instead of loading the database.
+    webhook_rate_limit: str = Field(default="600/minute", alias="WEBHOOK_RATE_LIMIT")
+    # Bearer token for GET /metrics; unset: /metrics answers only to loopback clients.
+    metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
 
     def secret_key(self) -> str:
+        from lead_orchestrator import redaction
+
         if self.app_secret_key is not None:
-            return self.app_secret_key.get_secret_value()
-        path = self.data_dir / "app_secret_key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(32))
-        return path.read_text().strip()
+            value = self.app_secret_key.get_secret_value()
+        else:
+            value = _generated(self.data_dir / "app_secret_key", lambda: secrets.token_urlsafe(32))
+        redaction.register(value)
+        return value
+
+    def encryption_keys(self) -> list[str]:
+        """The Fernet keys for the shops' secrets, the one to encrypt with first."""
+        from lead_orchestrator.secret_box import new_key, parse_keys
+
+        if self.lead_encryption_key is not None:
+            return parse_keys(self.lead_encryption_key.get_secret_value())
+        return parse_keys(_generated(self.encryption_key_file, new_key))
+
+    @property
+    def encryption_key_file(self) -> Path:
+        return self.data_dir / "encryption_key"
 
     @property
     def uses_real_vendors(self) -> bool:
@@ -61,6 +81,25 @@ class Settings(BaseSettings):
             or self.twilio_api_base_url == TWILIO_REAL_URL
             or self.sendgrid_api_base_url == SENDGRID_REAL_URL
         )
+
+
+def _generated(path: Path, make) -> str:
+    """A key kept in a file readable by its owner only, created on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole under another name, then linked: a process starting at the same
+        # moment sees either no file or the complete key, never an empty one.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(make())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process won; use its key
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
 
 
 @lru_cache(maxsize=1)

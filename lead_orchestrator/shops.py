@@ -2,7 +2,8 @@
 operations behind the `shops` CLI.
 
 Secret fields are pydantic SecretStr so that they print as '**********' in logs,
-exceptions, reprs and CLI output.
+exceptions, reprs and CLI output. In the table they are Fernet ciphertext
+(lead_orchestrator.secret_box): every writer here encrypts, every reader decrypts.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from lead_orchestrator.secret_box import SecretBox, default_box
 
 SECRET_FIELDS = ("shopmonkey_api_key", "webhook_secret", "twilio_auth_token", "sendgrid_api_key")
 EDITABLE_FIELDS = (
@@ -54,19 +57,20 @@ class Shop(BaseModel):
 class ShopChanges(BaseModel):
     """What an administrator may set on a shop; validated before anything is written."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a ValidationError must never quote a secret it was given.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str | None = None
     time_zone: str | None = None
     active: bool | None = None
     shop_phone: str | None = None
     postal_address: str | None = None
-    shopmonkey_api_key: str | None = None
-    webhook_secret: str | None = None
+    shopmonkey_api_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
     twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
+    twilio_auth_token: SecretStr | None = None
     twilio_sender: str | None = None
-    sendgrid_api_key: str | None = None
+    sendgrid_api_key: SecretStr | None = None
     sendgrid_sender: str | None = None
     send_window_start: dt.time | None = None
     send_window_end: dt.time | None = None
@@ -102,16 +106,36 @@ class ShopChanges(BaseModel):
         return self
 
     def present(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """The fields given, secrets still wrapped in SecretStr."""
+        return {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
 
 
 _COLUMNS = ", ".join(("id", "slug") + EDITABLE_FIELDS)
 
 
-def load_shop(conn: psycopg.Connection, tenant_id: int) -> Shop | None:
+def _encrypted(values: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    out = dict(values)
+    for name in SECRET_FIELDS:
+        if name in out:
+            value = out[name]
+            out[name] = box.encrypt(value.get_secret_value() if isinstance(value, SecretStr) else value)
+    return out
+
+
+def shop_from_row(row: dict[str, Any], box: SecretBox | None = None) -> Shop:
+    """A Shop from a `tenants` row, its secrets decrypted."""
+    box = box or default_box()
+    values = dict(row)
+    for name in SECRET_FIELDS:
+        if name in values:
+            values[name] = box.decrypt(values[name], what=f"shop {row.get('slug')!r} {name}")
+    return Shop(**values)
+
+
+def load_shop(conn: psycopg.Connection, tenant_id: int, box: SecretBox | None = None) -> Shop | None:
     """Reads the current tenant's shop (RLS hides every other one)."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE id = %s", (tenant_id,)).fetchone()
-    return Shop(**row) if row else None
+    return shop_from_row(row, box) if row else None
 
 
 def tenant_id_for_slug(conn: psycopg.Connection, slug: str) -> int | None:
@@ -121,36 +145,40 @@ def tenant_id_for_slug(conn: psycopg.Connection, slug: str) -> int | None:
 
 # --- admin operations (owner role; used by the CLI and the demo set-up) -------------
 
-def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopChanges) -> Shop:
-    values = {"slug": slug, "name": name, **changes.present()}
-    values["name"] = name
+def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopChanges,
+                box: SecretBox | None = None) -> Shop:
+    box = box or default_box()
+    values = _encrypted({"slug": slug, **changes.present(), "name": name}, box)
     cols = ", ".join(values)
     marks = ", ".join(f"%({c})s" for c in values)
     row = conn.execute(
         f"INSERT INTO tenants ({cols}) VALUES ({marks}) RETURNING {_COLUMNS}", _adapt(values)
     ).fetchone()
-    return Shop(**row)
+    return shop_from_row(row, box)
 
 
-def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges) -> Shop | None:
-    values = changes.present()
+def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
+                box: SecretBox | None = None) -> Shop | None:
+    box = box or default_box()
+    values = _encrypted(changes.present(), box)
     if not values:
-        return get_shop(conn, slug)
+        return get_shop(conn, slug, box)
     sets = ", ".join(f"{c} = %({c})s" for c in values)
     row = conn.execute(
         f"UPDATE tenants SET {sets}, updated_at = now() WHERE slug = %(slug)s RETURNING {_COLUMNS}",
         _adapt({**values, "slug": slug}),
     ).fetchone()
-    return Shop(**row) if row else None
+    return shop_from_row(row, box) if row else None
 
 
-def get_shop(conn: psycopg.Connection, slug: str) -> Shop | None:
+def get_shop(conn: psycopg.Connection, slug: str, box: SecretBox | None = None) -> Shop | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE slug = %s", (slug,)).fetchone()
-    return Shop(**row) if row else None
+    return shop_from_row(row, box) if row else None
 
 
-def list_shops(conn: psycopg.Connection) -> list[Shop]:
-    return [Shop(**r) for r in conn.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY slug").fetchall()]
+def list_shops(conn: psycopg.Connection, box: SecretBox | None = None) -> list[Shop]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY slug").fetchall()
+    return [shop_from_row(r, box) for r in rows]
 
 
 def _adapt(values: dict[str, Any]) -> dict[str, Any]:

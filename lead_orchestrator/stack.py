@@ -170,6 +170,9 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
     say("starting the database" + (" (embedded PostgreSQL)" if not settings.database_url else ""))
     with database_url_for(settings, keep_running=True) as (database_url, embedded):
         try:
+            if settings.database_url and settings.lead_encryption_key is None:
+                say(f"warning: LEAD_ENCRYPTION_KEY is unset; shop secrets are encrypted with the key in "
+                    f"{settings.encryption_key_file}: every host must use the same key (see docs/security.md)")
             applied = apply_migrations(database_url)
             say(f"schema: {len(applied)} migration(s) applied" if applied else "schema is up to date")
             with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
@@ -180,6 +183,8 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
                    "DAGSTER_HOME": str(prepare_dagster_home(settings)),
                    "DAGSTER_PG_URL": dagster_storage_url(database_url, embedded),
                    "PUBLIC_BASE_URL": settings.public_base_url, "APP_SECRET_KEY": settings.secret_key(),
+                   # Every child decrypts shop secrets with the same key(s) as this process.
+                   "LEAD_ENCRYPTION_KEY": ",".join(settings.encryption_keys()),
                    "SHOPMONKEY_BASE_URL": settings.shopmonkey_base_url,
                    "TWILIO_API_BASE_URL": settings.twilio_api_base_url,
                    "SENDGRID_API_BASE_URL": settings.sendgrid_api_base_url}

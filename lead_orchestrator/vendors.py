@@ -21,7 +21,7 @@ class Vendors:
     twilio_base_url: str | None
     sendgrid_base_url: str | None
     public_base_url: str
-    secret_key: str
+    secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
     _cache: dict = field(default_factory=dict, repr=False)
 
     def shopmonkey(self, shop: Shop, *, http=None) -> ShopMonkeyClient:

@@ -5,6 +5,7 @@ import datetime as dt
 from dagster import OpExecutionContext, in_process_executor, job, op
 
 from lead_orchestrator.ingest import claim_events, process_claimed_events, summarize
+from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.touch_runner import send_due_touches
 from orchestrator_dagster.assets import leads_materialization
 from orchestrator_dagster.partitions import shop_partitions, touchpoint_windows
@@ -15,6 +16,7 @@ MAX_EVENTS_PER_RUN = 5000
 
 
 @op
+@redacted_errors()  # Dagster stores a failed step's exception in its event log: never with a secret
 def ingest_inbox_events(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
     """Claims every pending inbox event (of all shops: one run, however many shops),
     processes it, and records a `leads` materialization per shop touched."""
@@ -48,6 +50,7 @@ def ingest_job():
 
 
 @op
+@redacted_errors()
 def send_due_follow_ups(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
     """Sends every touch owed up to the end of this window (and not later than now)."""
     window = context.partition_time_window

@@ -8,7 +8,7 @@ ALTER TABLE inbox_events ADD COLUMN available_at timestamptz NOT NULL DEFAULT no
 
 CREATE OR REPLACE FUNCTION claim_inbox_events(p_claimer text, p_limit integer, p_stale_after interval)
 RETURNS TABLE (tenant_id bigint, event_id bigint)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     UPDATE inbox_events e
        SET status = 'processing', claimed_by = p_claimer, claimed_at = clock_timestamp(),
            attempts = e.attempts + 1
@@ -24,7 +24,7 @@ $$;
 
 CREATE FUNCTION inbox_backlog_older_than(p_grace interval, OUT pending bigint, OUT max_id bigint,
                                          OUT oldest timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
     SELECT count(*), max(id), min(received_at)
       FROM inbox_events
      WHERE (status = 'pending' AND received_at < clock_timestamp() - p_grace

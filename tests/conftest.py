@@ -9,6 +9,7 @@ import uuid
 
 import psycopg
 import pytest
+from cryptography.fernet import Fernet
 
 from lead_orchestrator.db import Database
 from lead_orchestrator.embedded_pg import EmbeddedPostgres
@@ -16,6 +17,10 @@ from lead_orchestrator.migrations import apply_migrations
 from lead_orchestrator.settings import Settings
 from lead_orchestrator.shops import ShopChanges, create_shop
 from tests.support import ThreadedServer
+
+# One encryption key for the whole session, this process and the Dagster processes it
+# starts: shop secrets are stored encrypted with it (never a key file in the work tree).
+os.environ.setdefault("LEAD_ENCRYPTION_KEY", Fernet.generate_key().decode())
 
 TENANT_TABLES = ("inbox_events", "leads", "contacts", "touches", "lead_events", "poll_state", "tenants")
 
@@ -88,7 +93,7 @@ def table_counts(conn) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def settings(database_url, tmp_path_factory) -> Settings:
     return Settings(DATABASE_URL=database_url, LEAD_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                    APP_SECRET_KEY="test-secret-key")
+                    APP_SECRET_KEY="test-secret-key", LEAD_ENCRYPTION_KEY=os.environ["LEAD_ENCRYPTION_KEY"])
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +167,7 @@ def dagster_env(pg, database_url, standins, receiver, settings, tmp_path_factory
         "DAGSTER_PG_URL": sqlalchemy_psycopg2_url(storage),
         "SHOPMONKEY_BASE_URL": standins.shopmonkey_url, "TWILIO_API_BASE_URL": standins.twilio_url,
         "SENDGRID_API_BASE_URL": standins.sendgrid_url, "PUBLIC_BASE_URL": receiver.url,
-        "APP_SECRET_KEY": settings.secret_key(),
+        "APP_SECRET_KEY": settings.secret_key(), "LEAD_ENCRYPTION_KEY": os.environ["LEAD_ENCRYPTION_KEY"],
         # The poll touches every shop of the session; only the tests that need it start it.
         "POLL_SENSOR_DEFAULT_STATUS": "stopped",
     }

@@ -2,6 +2,7 @@
 read with a size cap."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ from lead_orchestrator.shops import Shop, load_shop, tenant_id_for_slug
 from webhook_receiver.errors import ApiError
 
 SHOP_CACHE_SECONDS = 30.0
+# Unknown slugs are cached too (a burst of deliveries for a deleted shop costs one
+# lookup), so the cache is bounded: random slugs cannot grow it without limit.
+SHOP_CACHE_MAX_ENTRIES = 10_000
+# The tenants.slug CHECK constraint: anything else names no shop and needs no lookup.
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout)
 
 
@@ -49,12 +55,17 @@ class ShopCache:
 
     def get(self, db: Database, slug: str) -> Shop | None:
         now = time.monotonic()
-        with db.system_tx() as conn:
-            tenant_id = tenant_id_for_slug(conn, slug)
         shop = None
-        if tenant_id is not None:
-            with db.tenant_tx(tenant_id) as conn:
-                shop = load_shop(conn, tenant_id)
+        if SLUG.fullmatch(slug):
+            with db.system_tx() as conn:
+                tenant_id = tenant_id_for_slug(conn, slug)
+            if tenant_id is not None:
+                with db.tenant_tx(tenant_id) as conn:
+                    shop = load_shop(conn, tenant_id)
+        if len(self.entries) >= SHOP_CACHE_MAX_ENTRIES:
+            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            if len(self.entries) >= SHOP_CACHE_MAX_ENTRIES:
+                self.entries.clear()
         self.entries[slug] = (now + SHOP_CACHE_SECONDS, shop)
         return shop
 

@@ -12,6 +12,7 @@ from lead_orchestrator.db import Database
 from lead_orchestrator.settings import Settings, get_settings
 from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
+from webhook_receiver.guards import BodySizeLimit, ShopRateLimit
 from webhook_receiver.inbox_writer import InboxWriter
 from webhook_receiver.routers import health, shopmonkey
 
@@ -38,6 +39,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.shops = ShopCache({})
     errors.install(app)
+    # Added last = outermost: the rate limit answers before the body is even read.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_webhook_body_bytes)
+    app.add_middleware(ShopRateLimit, rate=settings.webhook_rate_limit)
     app.include_router(health.router)
     app.include_router(shopmonkey.router)
     return app
