@@ -217,11 +217,11 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
             wait_http(f"{dagster_url}/server_info", timeout=120, children=children, name="dagster-webserver")
 
             print()
-            print(f"  Dagster UI        {dagster_url}")
-            print(f"  Webhook receiver  {receiver_url}   (POST /webhooks/shopmonkey/<shop>, GET /readyz, /metrics)")
+            print(f"  Dagster UI           {dagster_url}")
+            print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, GET /readyz, /metrics)")
             for name, url in urls.items():
-                print(f"  {name + ' stand-in':<17} {url}   outbox {url}/_outbox  (JSON: {url}/_outbox.json)")
-            print(f"  Logs              {children.log_dir}")
+                print(f"  {name + ' stand-in':<20} {url}   outbox {url}/_outbox  (JSON: {url}/_outbox.json)")
+            print(f"  Logs                 {children.log_dir}")
             print()
             if use_standins and demo:
                 started = time.monotonic()
