@@ -66,7 +66,10 @@ async def current_shop(request: Request, tenant: str = Path(min_length=1, max_le
 
 
 async def read_body(request: Request, settings: Settings = Depends(get_settings)) -> bytes:
-    limit = settings.max_webhook_body_bytes
+    return await read_body_limited(request, settings.max_webhook_body_bytes)
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")

@@ -12,7 +12,7 @@ from lead_orchestrator.db import Database
 from lead_orchestrator.settings import Settings, get_settings
 from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
-from webhook_receiver.routers import health, shopmonkey
+from webhook_receiver.routers import health, sendgrid, shopmonkey, twilio, unsubscribe
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -34,4 +34,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     errors.install(app)
     app.include_router(health.router)
     app.include_router(shopmonkey.router)
+    app.include_router(twilio.router)
+    app.include_router(sendgrid.router)
+    app.include_router(unsubscribe.router)
     return app
