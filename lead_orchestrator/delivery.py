@@ -66,8 +66,8 @@ def apply_sms_status(conn: psycopg.Connection, *, touch_id: int | None, message_
     if touch is not None and status in SMS_PROGRESS:
         moved = _advance(conn, touch, status, SMS_PROGRESS, message_id=message_sid, error_code=error_code, at=at)
         if moved and status in SMS_LOGGED:
-            lead_log.record(conn, touch["lead_id"], f"sms_{status}", step=touch["step"], error_code=error_code,
-                            message_sid=message_sid, at=at)
+            lead_log.record(conn, touch["lead_id"], f"sms_{status}", step=touch["step"], channel="sms",
+                            error_code=error_code, message_sid=message_sid, at=at)
     if error_code == TWILIO_OPTED_OUT and (to or touch):
         opt_out_contact(conn, "sms", to or touch["to_address"], source="twilio_21610", reason="opted_out", at=at)
     return touch
@@ -84,7 +84,7 @@ def apply_email_event(conn: psycopg.Connection, event: dict, *, at: dt.datetime 
     if touch is not None and kind in EMAIL_PROGRESS:
         moved = _advance(conn, touch, kind, EMAIL_PROGRESS, message_id=message_id, error_code=None, at=at)
         if moved and kind != "processed":
-            lead_log.record(conn, touch["lead_id"], f"email_{kind}", step=touch["step"],
+            lead_log.record(conn, touch["lead_id"], f"email_{kind}", step=touch["step"], channel="email",
                             detail=str(event.get("reason") or event.get("response") or "")[:200] or None, at=at)
     address = normalize_email(event.get("email")) or (touch["to_address"] if touch else None)
     if kind in EMAIL_STOPS and address:

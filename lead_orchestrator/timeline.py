@@ -116,7 +116,7 @@ def describe(event: dict, tz: ZoneInfo) -> str:
         return "customer texted HELP; answered with the shop's name and phone"
     if kind in ("sms_delivered", "sms_undelivered", "sms_failed"):
         code = f" (error {d['error_code']})" if d.get("error_code") else ""
-        return f"{what or 'SMS'} {kind[4:]}{code}"
+        return f"{what or 'sms'} {kind[4:]}{code}"
     if kind.startswith("email_"):
         return f"{what or 'email'} {kind[6:]}" + (f": {d['detail']}" if d.get("detail") else "")
     if kind == "first_touch_latency":

@@ -13,9 +13,8 @@ import pytest
 from lead_orchestrator.touch_runner import send_due_touches
 from standins.sendgrid_events import EventSigner, make_event
 from tests.conftest import emails_to
-from tests.support import wait_for
-from tests.touchpoint_support import (UTC, events_of, insert_lead, lead_row, tenant_counts, touches_of, unique_email,
-                                      unique_phone)
+from tests.touchpoint_support import (UTC, events_of, insert_lead, lead_row, settle_sms_callbacks,
+                                      tenant_counts, touches_of, unique_email, unique_phone)
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=UTC)
 
@@ -29,9 +28,7 @@ def emailed(db, vendors, connected_shop, standins, admin):
     send_due_touches(db, vendors, now=T0, due_before=T0, tenant_ids=[shop.id])
     sent = emails_to(standins, email)
     assert len(sent) == 1
-    # The SMS's status callbacks come in the background: let them settle first.
-    wait_for(lambda: touches_of(admin, lead["id"])[(0, "sms")]["delivery_status"] == "delivered",
-             timeout=15, message="SMS status callbacks")
+    settle_sms_callbacks(admin, lead["id"])  # they arrive in the background
     return shop, lead, email, sent[0]["message_id"]
 
 

@@ -150,3 +150,11 @@ def tenant_counts(admin, tenant_id: int) -> dict[str, int]:
         "SELECT string_agg(status || coalesce(delivery_status, ''), ',' ORDER BY id) AS s FROM touches "
         "WHERE tenant_id = %s", (tenant_id,)).fetchone()["s"]
     return counts
+
+
+def settle_sms_callbacks(admin, lead_id: int, step: int = 0) -> None:
+    """Waits until the stand-in's status callbacks for the lead's SMS have arrived."""
+    from tests.support import wait_for
+
+    wait_for(lambda: touches_of(admin, lead_id)[(step, "sms")]["delivery_status"] == "delivered",
+             timeout=15, message="SMS status callbacks")
