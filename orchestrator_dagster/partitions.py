@@ -25,4 +25,6 @@ from dagster import DynamicPartitionsDefinition, HourlyPartitionsDefinition
 
 shop_partitions = DynamicPartitionsDefinition(name="shops")
 
-touchpoint_windows = HourlyPartitionsDefinition(start_date="2026-11-01-00:00", timezone="UTC")
+# end_offset=1: the hour in progress is a partition too. Without it a window exists only
+# once it has ended, and the ticks inside an hour would name a partition Dagster refuses.
+touchpoint_windows = HourlyPartitionsDefinition(start_date="2026-11-01-00:00", timezone="UTC", end_offset=1)

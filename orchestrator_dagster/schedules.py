@@ -18,7 +18,7 @@ TICK_MINUTES = 4  # divides 60, so ticks fall on the same minutes every hour
 def window_for_tick(tick: dt.datetime) -> str:
     """The hourly partition a tick works on: the one containing the second before it."""
     moment = tick.astimezone(dt.timezone.utc) - dt.timedelta(seconds=1)
-    return moment.strftime(touchpoint_windows.fmt)
+    return moment.replace(minute=0, second=0, microsecond=0).strftime(touchpoint_windows.fmt)
 
 
 @schedule(job=touchpoints_job, cron_schedule=f"*/{TICK_MINUTES} * * * *", execution_timezone="UTC",
