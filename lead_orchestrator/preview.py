@@ -24,13 +24,16 @@ class PreviewItem:
 def preview_sequence(shop: Shop, created_at: dt.datetime, unsubscribe_url: str) -> list[PreviewItem]:
     window = SendWindow.for_shop(shop)
     lead = sample_lead()
-    items, sms_seen = [], False
-    for step in sorted(sequence_for(shop.settings or {}), key=lambda s: (s.offset, s.step, s.channel)):
+    items: list[PreviewItem] = []
+    sms_seen = False
+    for step in sorted(sequence_for(shop.settings or {}), key=lambda s: (s.step, s.channel)):
         due = created_at + step.offset
+        # As the sender does: quiet hours, and the spacing from earlier steps as sent.
+        earliest = max([due] + [i.goes_out + (step.offset - i.step.offset) for i in items if i.step.step < step.step])
         message = compose(shop, step, lead, first_sms=step.channel == "sms" and not sms_seen,
                           unsubscribe_url=unsubscribe_url)
         sms_seen = sms_seen or step.channel == "sms"
-        items.append(PreviewItem(step, due, window.next_allowed_moment(due), message))
+        items.append(PreviewItem(step, due, window.next_allowed_moment(earliest), message))
     return items
 
 

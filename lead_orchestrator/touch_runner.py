@@ -29,12 +29,11 @@ def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime,
     `clock` (optional) gives the time of each send and `sleep` waits between quick
     retries, so tests can drive time without sleeping. Returns counts of outcomes."""
     report: Counter = Counter()
-    wanted = set(tenant_ids) if tenant_ids is not None else None
-    for tenant_id in active_tenant_ids(db):
-        if wanted is not None and tenant_id not in wanted:
-            continue
+    for tenant_id in active_tenant_ids(db) if tenant_ids is None else tenant_ids:
         with db.tenant_tx(tenant_id) as conn:
             shop = load_shop(conn, tenant_id)
+            if shop is None or not shop.active:
+                continue
             report["stale_reservations"] += mark_stale_reservations_unknown(conn, now)
             ids = due_touch_ids(conn, min(now, due_before))
         for touch_id in ids:

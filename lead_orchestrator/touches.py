@@ -7,8 +7,8 @@ reservation), the second records what the provider said. A crash between them le
 (the database refuses the transition, see sql/0003_touchpoints.sql).
 
 Every decision not to send is written to the lead's decision log (lead_events):
-deferred for quiet hours or a daily limit, skipped because opted out or unreachable,
-cancelled because the lead ended.
+deferred for quiet hours, spacing or a daily limit, skipped because opted out or
+unreachable, cancelled because the lead ended.
 """
 from __future__ import annotations
 
@@ -179,6 +179,16 @@ def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWin
     """(when, why) if the touch may not go out at `now`, else (None, None)."""
     if not window.allows(now):
         return window.next_allowed_moment(now), "quiet_hours"
+    # Keep the sequence's rhythm: a step goes out no sooner after an earlier step that was
+    # actually sent than the sequence spaces them. Without this, a lead created at night
+    # would get its first text and the "1 hour later" follow-up together at 8:00.
+    spaced = conn.execute(
+        """SELECT max(reserved_at + (%s - due_at)) AS earliest FROM touches
+            WHERE lead_id = %s AND step < %s AND status IN ('sending', 'sent', 'unknown')""",
+        (touch["due_at"], touch["lead_id"], touch["step"]),
+    ).fetchone()["earliest"]
+    if spaced is not None and spaced > now:
+        return window.next_allowed_moment(spaced), "spacing"
     limit = (shop.settings or {}).get("max_sms_per_24h")
     if limit and touch["channel"] == "sms":
         # A stricter state rule (e.g. Florida: 3 texts per 24 h): wait until the oldest

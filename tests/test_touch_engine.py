@@ -325,3 +325,20 @@ def test_a_killed_sender_process_never_causes_a_second_message(db, rig, admin, s
     step0 = [m for m in sms_to(standins, phone) if "Reply STOP" in m["body"]]
     assert len(step0) == 1
     assert not [c for c in vendors.calls if "Reply STOP" in c.body]  # nobody in this process tried again
+
+
+def test_a_night_lead_gets_its_follow_up_an_hour_after_the_morning_text(db, vendors, connected_shop, admin):
+    shop = connected_shop(send_window_start="08:00", send_window_end="21:00")
+    night = dt.datetime(2027, 3, 3, 4, 0, tzinfo=UTC)  # 22:00 in Chicago
+    clock = SimClock(night)
+    recording = RecordingVendors(vendors, clock)
+    lead = insert_lead(db, shop, first_seen=night, phone=unique_phone())
+    while clock() < night + dt.timedelta(hours=14):
+        tick(db, recording, clock, shop)
+        clock.advance(minutes=4)
+    morning = dt.datetime(2027, 3, 3, 14, 0, tzinfo=UTC)  # 08:00 in Chicago
+    assert [c.at for c in recording.calls] == [morning, morning + dt.timedelta(hours=1)]
+    step1 = touches_of(admin, lead["id"])[(1, "sms")]
+    assert step1["status"] == "sent"
+    kinds = [(e["kind"], e["detail"].get("reason")) for e in events_of(admin, lead["id"])]
+    assert ("touch_deferred", "quiet_hours") in kinds and ("touch_deferred", "spacing") in kinds
