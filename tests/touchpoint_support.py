@@ -16,10 +16,11 @@ _numbers = itertools.count(100)
 
 
 def unique_phone() -> str:
-    """A valid US mobile-looking number no other test uses (555-01xx is fictional)."""
+    """A valid US number no other test uses: exchange 200, unlike the stand-ins' defaults
+    (555-01xx). Only ever sent to the stand-ins."""
     n = next(_numbers)
-    area = ("212", "312", "213", "512", "602", "617", "303", "404", "206", "702")[n // 100 % 10]
-    return f"+1{area}555{n % 100 + 100:04d}"
+    area = ("212", "312", "213", "617", "303", "404", "206", "702")[n % 8]
+    return f"+1{area}{2000000 + n:07d}"
 
 
 def unique_email(tag: str = "c") -> str:
