@@ -140,6 +140,7 @@ _SHOP_OPTIONS = [
     click.option("--twilio-account-sid"), click.option("--twilio-auth-token"),
     click.option("--twilio-sender", help="E.164 number or Messaging Service SID (MG…)"),
     click.option("--sendgrid-api-key"), click.option("--sendgrid-sender"),
+    click.option("--sendgrid-event-public-key", help="Event webhook verification key (base64), from SendGrid's settings"),
     click.option("--send-window-start", help="HH:MM, shop time (default 08:00)"),
     click.option("--send-window-end", help="HH:MM, shop time (default 21:00)"),
     click.option("--max-lead-age-days", type=int),
@@ -225,3 +226,10 @@ def shops_show(slug: str) -> None:
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
     click.echo(json.dumps(_describe(shop), indent=2))
+
+
+# --- touch-points: sequence, templates, quiet-hours, preview, why (cli_touchpoints.py) ---
+from lead_orchestrator.cli_touchpoints import COMMANDS as _TOUCHPOINT_COMMANDS  # noqa: E402
+
+for _command in _TOUCHPOINT_COMMANDS:
+    main.add_command(_command)

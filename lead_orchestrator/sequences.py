@@ -48,24 +48,41 @@ def template_for(settings: dict, name: str) -> MessageTemplate:
 
 
 def validate_sequence(raw: list[dict], templates: dict[str, dict]) -> None:
-    """Checks a sequence (and its templates) before it is saved; raises ValueError."""
-    known = set(DEFAULT_TEMPLATES) | set(templates)
-    seen: set[tuple[int, str]] = set()
-    for item in raw:
-        if item.get("channel") not in CHANNELS:
-            raise ValueError(f"step {item.get('step')}: channel must be one of {CHANNELS}")
-        if int(item.get("offset_minutes", -1)) < 0:
-            raise ValueError(f"step {item.get('step')}: offset_minutes must be >= 0")
-        if item.get("template") not in known:
-            raise ValueError(f"step {item.get('step')}: unknown template {item.get('template')!r}")
-        key = (int(item["step"]), item["channel"])
-        if key in seen:
-            raise ValueError(f"step {key[0]} has two {key[1]} messages")
-        seen.add(key)
+    """Checks a sequence (and the shop's custom templates) before it is saved; raises
+    ValueError naming the first problem. A template that uses a merge field we do not
+    provide is refused here, not discovered when a customer's message fails to render."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("a sequence is a non-empty list of steps")
     for name, tpl in templates.items():
+        if not isinstance(tpl, dict) or not isinstance(tpl.get("body"), str) or not tpl["body"].strip():
+            raise ValueError(f"template {name!r} needs a non-empty body")
         for part in ("subject", "body"):
             if tpl.get(part) is not None:
                 try:
                     validate_template(tpl[part])
                 except TemplateError as exc:
                     raise ValueError(f"template {name!r} {part}: {exc}") from None
+    known = set(DEFAULT_TEMPLATES) | set(templates)
+    seen: set[tuple[int, str]] = set()
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError(f"each step is an object, not {item!r}")
+        missing = {"step", "offset_minutes", "channel", "template"} - set(item)
+        if missing:
+            raise ValueError(f"step {item.get('step')}: missing {', '.join(sorted(missing))}")
+        try:
+            number, offset = int(item["step"]), int(item["offset_minutes"])
+        except (TypeError, ValueError):
+            raise ValueError(f"step {item.get('step')}: step and offset_minutes must be whole numbers") from None
+        if number < 0:
+            raise ValueError(f"step {number}: step numbers start at 0")
+        if item["channel"] not in CHANNELS:
+            raise ValueError(f"step {number}: channel must be one of {CHANNELS}")
+        if offset < 0:
+            raise ValueError(f"step {number}: offset_minutes must be >= 0")
+        if item["template"] not in known:
+            raise ValueError(f"step {number}: unknown template {item['template']!r}")
+        key = (number, item["channel"])
+        if key in seen:
+            raise ValueError(f"step {number} has two {item['channel']} messages")
+        seen.add(key)

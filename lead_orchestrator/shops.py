@@ -21,7 +21,7 @@ EDITABLE_FIELDS = (
     "name", "time_zone", "active", "shop_phone", "postal_address", "shopmonkey_api_key",
     "webhook_secret", "twilio_account_sid", "twilio_auth_token", "twilio_sender",
     "sendgrid_api_key", "sendgrid_sender", "send_window_start", "send_window_end",
-    "max_lead_age_days", "settings",
+    "max_lead_age_days", "settings", "sendgrid_event_public_key",
 )
 
 
@@ -48,6 +48,7 @@ class Shop(BaseModel):
     send_window_end: dt.time = dt.time(21, 0)
     max_lead_age_days: int = 7
     settings: dict[str, Any] = Field(default_factory=dict)
+    sendgrid_event_public_key: str | None = None  # verifies SendGrid's signed Event Webhook
 
     @property
     def tz(self) -> ZoneInfo:
@@ -76,6 +77,21 @@ class ShopChanges(BaseModel):
     send_window_end: dt.time | None = None
     max_lead_age_days: int | None = Field(default=None, gt=0, le=365)
     settings: dict[str, Any] | None = None
+    sendgrid_event_public_key: str | None = None
+
+    @field_validator("sendgrid_event_public_key")
+    @classmethod
+    def _ecdsa_key(cls, value: str | None) -> str | None:
+        if value:
+            from sendgrid.helpers.eventwebhook import EventWebhook
+
+            value = "".join(value.split())
+            try:
+                EventWebhook().convert_public_key_to_ecdsa(value)
+            except (ValueError, TypeError):
+                raise ValueError("not a SendGrid event webhook verification key "
+                                 "(base64 DER public key, as shown in SendGrid's settings)") from None
+        return value
 
     @field_validator("time_zone")
     @classmethod

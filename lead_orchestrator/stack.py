@@ -25,7 +25,7 @@ from lead_orchestrator.database_setup import database_url_for
 from lead_orchestrator.db import libpq_url, sqlalchemy_psycopg2_url
 from lead_orchestrator.migrations import apply_migrations
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import ShopChanges, create_shop, get_shop, list_shops
+from lead_orchestrator.shops import ShopChanges, create_shop, get_shop, list_shops, update_shop
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SLUG = "demo"
@@ -129,6 +129,16 @@ def register_with_standins(demo: dict, urls: dict[str, str], receiver_url: str) 
                json={"api_key": shop.sendgrid_api_key.get_secret_value()}).raise_for_status()
 
 
+def connect_demo_email_events(database_url: str, urls: dict[str, str], receiver_url: str) -> None:
+    """SendGrid stand-in events (delivered, bounce, ...) go to the demo shop's event
+    webhook, verified with the stand-in's signing key (a new one at every start)."""
+    key = httpx.get(f"{urls['sendgrid']}/_standin/event-webhook-public-key", timeout=5).json()["public_key"]
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        update_shop(conn, DEMO_SLUG, ShopChanges(sendgrid_event_public_key=key))
+    httpx.post(f"{urls['sendgrid']}/_standin/event-webhook", timeout=5,
+               json={"url": f"{receiver_url}/webhooks/sendgrid/{DEMO_SLUG}/events"}).raise_for_status()
+
+
 def create_demo_estimate(demo: dict, urls: dict[str, str]) -> str:
     response = httpx.post(f"{urls['shopmonkey']}/_standin/orders", timeout=10, json={
         "api_key": demo["sm_key"],
@@ -201,6 +211,7 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
                            SENDGRID_API_BASE_URL=urls["sendgrid"])
                 demo_shop = ensure_demo_shop(database_url)
                 register_with_standins(demo_shop, urls, receiver_url)
+                connect_demo_email_events(database_url, urls, receiver_url)
             else:
                 say(f"real vendors: shops {', '.join(real_shops) or '(none yet)'}")
 

@@ -68,14 +68,20 @@ def validate_template(text: str) -> None:
     """Raises TemplateError for bad syntax or for fields we do not provide."""
     try:
         parsed = _env.parse(text)
+        unknown = meta.find_undeclared_variables(parsed) - MERGE_FIELDS  # compiles: finds unknown filters
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-    unknown = meta.find_undeclared_variables(parsed) - MERGE_FIELDS
     if unknown:
         raise TemplateError(
             f"unknown merge field(s): {', '.join(sorted(unknown))}; "
             f"available: {', '.join(sorted(MERGE_FIELDS))}"
         )
+    # A trial render catches what parsing cannot: attributes the sandbox refuses
+    # ({{ first_name.__class__ }}), filters misused, undefined attributes.
+    try:
+        render(text, {name: "sample" for name in MERGE_FIELDS})
+    except Exception as exc:  # noqa: BLE001 - any failure here would fail a customer's message
+        raise TemplateError(f"template does not render: {exc}") from None
 
 
 def render(text: str, fields: dict[str, str]) -> str:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import Counter
+from typing import Callable, Iterable
 
 from lead_orchestrator.shops import load_shop
 from lead_orchestrator.touches import due_touch_ids, mark_stale_reservations_unknown, send_touch
@@ -16,19 +18,27 @@ def active_tenant_ids(db) -> list[int]:
         return [r["active_tenant_ids"] for r in conn.execute("SELECT active_tenant_ids()").fetchall()]
 
 
-def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime, clock=None) -> Counter:
-    """For each shop: turn stale reservations into `unknown`, then send what is due by
-    `due_before`. Returns counts of outcomes. `clock` (optional) gives the time of each
-    send, so tests can drive time."""
+def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime,
+                     clock: Callable[[], dt.datetime] | None = None, tenant_ids: Iterable[int] | None = None,
+                     sleep: Callable[[float], None] = time.sleep) -> Counter:
+    """For each shop (all active ones, or `tenant_ids`): turn stale reservations into
+    `unknown`, then send what is due by `due_before` (and not after `now`).
+
+    Sending only what is owed makes a run idempotent: running a window again, or
+    backfilling it after an outage, sends what is still owed and nothing already sent.
+    `clock` (optional) gives the time of each send and `sleep` waits between quick
+    retries, so tests can drive time without sleeping. Returns counts of outcomes."""
     report: Counter = Counter()
-    for tenant_id in active_tenant_ids(db):
+    for tenant_id in active_tenant_ids(db) if tenant_ids is None else tenant_ids:
         with db.tenant_tx(tenant_id) as conn:
             shop = load_shop(conn, tenant_id)
-            report["unknown"] += mark_stale_reservations_unknown(conn, now)
+            if shop is None or not shop.active:
+                continue
+            report["stale_reservations"] += mark_stale_reservations_unknown(conn, now)
             ids = due_touch_ids(conn, min(now, due_before))
         for touch_id in ids:
             try:
-                outcome = send_touch(db, shop, touch_id, vendors, now=clock() if clock else now)
+                outcome = send_touch(db, shop, touch_id, vendors, now=clock() if clock else now, sleep=sleep)
             except Exception:  # noqa: BLE001 - one shop's failure must not stop the others
                 log.exception("touch %s of shop %s failed", touch_id, shop.slug)
                 report["error"] += 1

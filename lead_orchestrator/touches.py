@@ -1,29 +1,49 @@
 """The touch-point engine: plans a lead's sequence, and sends one touch at most once.
 
 A touch is a row per (lead, step, channel). Sending is two transactions around the
-provider call: the first moves the row to `sending` (the reservation), the second
-records what the provider said. A crash between them leaves `sending`, which the
-sweeper turns into `unknown` and which nothing ever sends again.
+provider call: the first re-checks everything and moves the row to `sending` (the
+reservation), the second records what the provider said. A crash between them leaves
+`sending`, which the sweeper turns into `unknown` and which nothing ever sends again
+(the database refuses the transition, see sql/0003_touchpoints.sql).
+
+Every decision not to send is written to the lead's decision log (lead_events):
+deferred for quiet hours, spacing or a daily limit, skipped because opted out or
+unreachable, cancelled because the lead ended.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import psycopg
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from lead_orchestrator import lead_log
+from lead_orchestrator.lead_state import (cancel_pending, complete_if_done, consent_key, is_opted_out,  # noqa: F401
+                                          opt_out_contact, set_opt_out)
+from lead_orchestrator.messages import compose, merge_fields  # noqa: F401 - merge_fields re-exported
 from lead_orchestrator.providers import OutgoingEmail, SendResult
 from lead_orchestrator.send_window import SendWindow
-from lead_orchestrator.sequences import sequence_for, template_for
+from lead_orchestrator.sequences import sequence_for
 from lead_orchestrator.shops import Shop
-from lead_orchestrator.templates import OPT_OUT_TEXT, format_cents, render
 
 log = logging.getLogger(__name__)
 
-MAX_TRANSIENT_ATTEMPTS = 5
+# A reservation that has not recorded an outcome after this long outlived its sender.
+# Far above the worst provider call (IN_RUN_ATTEMPTS x the SDK timeout of 10 s + waits).
 STALE_RESERVATION = dt.timedelta(minutes=2)
+# Transient errors (429, 5xx, refused connections): a few quick retries inside the run,
+# then the touch goes back to `scheduled` with a growing delay, MAX_RESERVATIONS times.
+IN_RUN_ATTEMPTS = 3
+IN_RUN_WAIT = wait_exponential(multiplier=1, min=1, max=4)
+RESCHEDULE_BASE = dt.timedelta(minutes=1)
+MAX_RESERVATIONS = 5
+MAX_TRANSIENT_ATTEMPTS = MAX_RESERVATIONS  # the name earlier code used
+# Twilio codes that mean this number will never take an SMS: later SMS steps are skipped.
+UNREACHABLE_SMS_CODES = frozenset({"21211", "21214", "21217", "21408", "21612", "21614"})
 
 
 @dataclass(frozen=True)
@@ -34,9 +54,10 @@ class TouchOutcome:
 
 
 def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: SendWindow) -> int:
-    """Creates the lead's touch rows (idempotent). Returns how many were created."""
+    """Creates the lead's touch rows (idempotent). Returns how many were created.
+    A step due inside quiet hours is planned for the next allowed moment."""
     created = 0
-    for step in sequence_for(shop.settings):
+    for step in sequence_for(shop.settings or {}):
         address = lead["phone_e164"] if step.channel == "sms" else lead["email"]
         due = lead["first_seen_at"] + step.offset
         if address is None:
@@ -54,18 +75,9 @@ def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: Send
             created += 1
             if status != "scheduled":
                 lead_log.record(conn, lead["id"], f"touch_{status}", step=step.step, channel=step.channel,
-                                reason=reason, send_after=send_after.isoformat())
+                                reason=reason, due_at=due.isoformat(), send_after=send_after.isoformat(),
+                                at=lead["first_seen_at"])
     return created
-
-
-def cancel_pending(conn: psycopg.Connection, lead_id: int, reason: str) -> int:
-    """Stops every touch of the lead that has not gone out yet."""
-    rows = conn.execute(
-        """UPDATE touches SET status = 'cancelled', reason = %s, updated_at = now()
-            WHERE lead_id = %s AND status IN ('scheduled', 'deferred') RETURNING id""",
-        (reason, lead_id),
-    ).fetchall()
-    return len(rows)
 
 
 def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | None = None,
@@ -80,150 +92,217 @@ def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | Non
 
 def mark_stale_reservations_unknown(conn: psycopg.Connection, now: dt.datetime) -> int:
     """A reservation older than STALE_RESERVATION outlived its sender: the provider may or
-    may not have the message, so it is recorded as `unknown` and never re-sent."""
+    may not have the message, so it is recorded as `unknown` and never re-sent. If a
+    status callback already told us the provider's message id, it was sent."""
     rows = conn.execute(
-        """UPDATE touches SET status = 'unknown', reason = 'no_outcome_recorded', updated_at = now()
-            WHERE status = 'sending' AND reserved_at < %s RETURNING id, lead_id, step, channel""",
+        """UPDATE touches
+              SET status = CASE WHEN provider_message_id IS NULL THEN 'unknown' ELSE 'sent' END,
+                  reason = CASE WHEN provider_message_id IS NULL THEN 'no_outcome_recorded'
+                                ELSE 'confirmed_by_provider' END,
+                  updated_at = now()
+            WHERE status = 'sending' AND reserved_at < %s
+        RETURNING id, lead_id, step, channel, status""",
         (now - STALE_RESERVATION,),
     ).fetchall()
     for r in rows:
-        lead_log.record(conn, r["lead_id"], "touch_unknown", step=r["step"], channel=r["channel"])
+        lead_log.record(conn, r["lead_id"], f"touch_{r['status']}", step=r["step"], channel=r["channel"],
+                        reason="no_outcome_recorded" if r["status"] == "unknown" else "confirmed_by_provider",
+                        at=now)
+        complete_if_done(conn, r["lead_id"], at=now)
     return len(rows)
 
 
-def merge_fields(shop: Shop, lead: dict) -> dict[str, str]:
-    return {
-        "first_name": lead.get("first_name") or "there",
-        "last_name": lead.get("last_name") or "",
-        "vehicle": lead.get("vehicle_name") or "vehicle",
-        "shop_name": shop.name,
-        "shop_phone": shop.shop_phone or "",
-        "estimate_number": lead.get("order_number") or "",
-        "estimate_total": format_cents(lead.get("total_cents")),
-        "link": (shop.settings or {}).get("link", ""),
-    }
-
-
-def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.datetime,
-             window: SendWindow) -> tuple[dict | None, TouchOutcome | None]:
-    """First transaction: re-check everything, then reserve. Returns (touch, None) when
-    the caller should send, or (None, outcome) when it must not."""
-    touch = conn.execute(
-        """SELECT t.*, l.status AS lead_status, l.first_name, l.last_name, l.vehicle_name,
-                  l.order_number, l.total_cents, l.first_seen_at
-             FROM touches t JOIN leads l ON l.id = t.lead_id
-            WHERE t.id = %s FOR UPDATE OF t""",
-        (touch_id,),
-    ).fetchone()
-    if touch is None or touch["status"] not in ("scheduled", "deferred"):
-        return None, TouchOutcome(touch_id, touch["status"] if touch else "missing", "not_pending")
-    if touch["lead_status"] != "active":
-        return None, _finish(conn, touch, "cancelled", f"lead_{touch['lead_status']}")
-    opted_out = conn.execute(
-        "SELECT 1 FROM contacts WHERE channel = %s AND address = %s AND opted_out",
-        (touch["channel"], touch["to_address"]),
-    ).fetchone()
-    if opted_out:
-        return None, _finish(conn, touch, "skipped", "opted_out")
-    if touch["send_after"] > now:
-        return None, TouchOutcome(touch_id, touch["status"], "not_due")
-    if not window.allows(now):
-        later = window.next_allowed_moment(now)
-        conn.execute("UPDATE touches SET status = 'deferred', reason = 'quiet_hours', send_after = %s, "
-                     "updated_at = now() WHERE id = %s", (later, touch_id))
-        lead_log.record(conn, touch["lead_id"], "touch_deferred", step=touch["step"],
-                        channel=touch["channel"], reason="quiet_hours", send_after=later.isoformat())
-        return None, TouchOutcome(touch_id, "deferred", "quiet_hours")
-    step = next((s for s in sequence_for(shop.settings)
-                 if s.step == touch["step"] and s.channel == touch["channel"]), None)
-    if step is None:
-        return None, _finish(conn, touch, "cancelled", "step_removed_from_sequence")
-    template = template_for(shop.settings, step.template)
-    fields = merge_fields(shop, touch)
-    body = render(template.body, fields)
-    subject = render(template.subject, fields) if template.subject else None
-    if touch["channel"] == "sms" and touch["step"] == 0 and "STOP" not in body.upper():
-        body = f"{body} {OPT_OUT_TEXT}"
-    conn.execute(
-        """UPDATE touches SET status = 'sending', reserved_at = %s, attempts = attempts + 1,
-                  body = %s, subject = %s, updated_at = now() WHERE id = %s""",
-        (now, body, subject, touch_id),
-    )
-    return {**touch, "body": body, "subject": subject}, None
-
-
-def _finish(conn: psycopg.Connection, touch: dict, status: str, reason: str | None,
-            **extra) -> TouchOutcome:
-    conn.execute(
-        """UPDATE touches SET status = %s, reason = %s, provider_message_id = coalesce(%s, provider_message_id),
-                  error_code = %s, sent_at = %s, send_after = coalesce(%s, send_after), updated_at = now()
-            WHERE id = %s""",
-        (status, reason, extra.get("message_id"), extra.get("code"), extra.get("sent_at"),
-         extra.get("send_after"), touch["id"]),
-    )
-    lead_log.record(conn, touch["lead_id"], f"touch_{status}", step=touch["step"], channel=touch["channel"],
-                    reason=reason, **{k: str(v) for k, v in extra.items() if v is not None})
-    return TouchOutcome(touch["id"], status, reason)
-
-
-def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime) -> TouchOutcome:
-    """Sends one touch if it is still owed, due and allowed; at most once, ever."""
+def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime,
+               sleep: Callable[[float], None] = time.sleep) -> TouchOutcome:
+    """Sends one touch if it is still owed, due and allowed; at most once, ever.
+    `sleep` waits between quick retries of a transient error (tests pass a fake)."""
     window = SendWindow.for_shop(shop)
     with db.tenant_tx(shop.id) as conn:
-        touch, outcome = _reserve(conn, shop, touch_id, now, window)
+        touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors)
     if outcome:
         return outcome
 
-    result = _call_provider(shop, touch, vendors)
+    result = _call_provider(shop, touch, vendors, sleep)
 
     with db.tenant_tx(shop.id) as conn:
         return _record_result(conn, touch, result, now)
 
 
-def _call_provider(shop: Shop, touch: dict, vendors) -> SendResult:
+# --- first transaction: check, then reserve ------------------------------------------
+
+def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.datetime, window: SendWindow,
+             vendors) -> tuple[dict | None, TouchOutcome | None]:
+    """Returns (touch, None) when the caller should send, or (None, outcome) when not."""
+    head = conn.execute("SELECT lead_id FROM touches WHERE id = %s", (touch_id,)).fetchone()
+    if head is None:
+        return None, TouchOutcome(touch_id, "missing", "not_pending")
+    # The lead first (see lead_state): a stop that locked it is waited for and then seen.
+    lead = conn.execute("SELECT * FROM leads WHERE id = %s FOR SHARE", (head["lead_id"],)).fetchone()
+    touch = conn.execute("SELECT * FROM touches WHERE id = %s FOR UPDATE", (touch_id,)).fetchone()
+    if touch["status"] not in ("scheduled", "deferred"):
+        return None, TouchOutcome(touch_id, touch["status"], "not_pending")
+    if touch["send_after"] > now:
+        return None, TouchOutcome(touch_id, touch["status"], "not_due")
+    if lead["status"] != "active":
+        return None, _decline(conn, touch, "cancelled", f"lead_{lead['status']}", now)
+    step = next((s for s in sequence_for(shop.settings or {})
+                 if s.step == touch["step"] and s.channel == touch["channel"]), None)
+    if step is None:
+        return None, _decline(conn, touch, "cancelled", "step_removed_from_sequence", now)
+    if is_opted_out(conn, touch["channel"], touch["to_address"]):
+        return None, _decline(conn, touch, "skipped", "opted_out", now)
+    if touch["channel"] == "email" and not shop.postal_address:
+        return None, _decline(conn, touch, "skipped", "no_postal_address", now)
+
+    later, why = _not_before(conn, shop, touch, now, window)
+    if later is not None:
+        conn.execute("UPDATE touches SET status = 'deferred', reason = %s, send_after = %s, updated_at = now() "
+                     "WHERE id = %s", (why, later, touch_id))
+        lead_log.record(conn, touch["lead_id"], "touch_deferred", step=touch["step"], channel=touch["channel"],
+                        reason=why, send_after=later.isoformat(), at=now)
+        return None, TouchOutcome(touch_id, "deferred", why)
+
+    first_sms = touch["channel"] == "sms" and conn.execute(
+        "SELECT 1 FROM touches WHERE lead_id = %s AND channel = 'sms' AND id <> %s "
+        "AND status IN ('sending', 'sent', 'unknown')", (touch["lead_id"], touch_id)).fetchone() is None
+    unsubscribe = vendors.unsubscribe_url(shop, touch["to_address"]) if touch["channel"] == "email" else None
+    message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe)
+    conn.execute(
+        """UPDATE touches SET status = 'sending', reserved_at = %s, attempts = attempts + 1,
+                  body = %s, subject = %s, updated_at = now() WHERE id = %s""",
+        (now, message.body, message.subject, touch_id),
+    )
+    return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {}}, None
+
+
+def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow):
+    """(when, why) if the touch may not go out at `now`, else (None, None)."""
+    if not window.allows(now):
+        return window.next_allowed_moment(now), "quiet_hours"
+    # Keep the sequence's rhythm: a step goes out no sooner after an earlier step that was
+    # actually sent than the sequence spaces them. Without this, a lead created at night
+    # would get its first text and the "1 hour later" follow-up together at 8:00.
+    spaced = conn.execute(
+        """SELECT max(reserved_at + (%s - due_at)) AS earliest FROM touches
+            WHERE lead_id = %s AND step < %s AND status IN ('sending', 'sent', 'unknown')""",
+        (touch["due_at"], touch["lead_id"], touch["step"]),
+    ).fetchone()["earliest"]
+    if spaced is not None and spaced > now:
+        return window.next_allowed_moment(spaced), "spacing"
+    limit = (shop.settings or {}).get("max_sms_per_24h")
+    if limit and touch["channel"] == "sms":
+        # A stricter state rule (e.g. Florida: 3 texts per 24 h): wait until the oldest
+        # of the last `limit` texts to this number is 24 h old.
+        recent = conn.execute(
+            """SELECT reserved_at FROM touches WHERE channel = 'sms' AND to_address = %s
+                  AND status IN ('sending', 'sent', 'unknown') AND reserved_at > %s
+                ORDER BY reserved_at DESC LIMIT %s""",
+            (touch["to_address"], now - dt.timedelta(hours=24), int(limit)),
+        ).fetchall()
+        if len(recent) >= int(limit):
+            return window.next_allowed_moment(recent[-1]["reserved_at"] + dt.timedelta(hours=24)), "daily_limit"
+    return None, None
+
+
+def _decline(conn, touch: dict, status: str, reason: str, now: dt.datetime) -> TouchOutcome:
+    outcome = _finish(conn, touch, status, reason, now)
+    complete_if_done(conn, touch["lead_id"], at=now)
+    return outcome
+
+
+def _finish(conn: psycopg.Connection, touch: dict, status: str, reason: str | None, now: dt.datetime,
+            *, from_status: tuple[str, ...] | None = None, **extra) -> TouchOutcome:
+    """Records a touch's new status (only if it is still in `from_status`, when given)."""
+    row = conn.execute(
+        """UPDATE touches SET status = %s, reason = %s, provider_message_id = coalesce(%s, provider_message_id),
+                  error_code = coalesce(%s, error_code), sent_at = coalesce(%s, sent_at),
+                  send_after = coalesce(%s, send_after), updated_at = now()
+            WHERE id = %s AND (%s::text[] IS NULL OR status = ANY(%s::text[])) RETURNING status""",
+        (status, reason, extra.get("message_id"), extra.get("code"), extra.get("sent_at"),
+         extra.get("send_after"), touch["id"], list(from_status) if from_status else None,
+         list(from_status) if from_status else None),
+    ).fetchone()
+    if row is None:
+        current = conn.execute("SELECT status, reason FROM touches WHERE id = %s", (touch["id"],)).fetchone()
+        return TouchOutcome(touch["id"], current["status"], current["reason"])
+    lead_log.record(conn, touch["lead_id"], f"touch_{status}", step=touch["step"], channel=touch["channel"],
+                    reason=reason, at=now, **{k: str(v) for k, v in extra.items() if v is not None})
+    return TouchOutcome(touch["id"], status, reason)
+
+
+# --- the provider call ---------------------------------------------------------------
+
+def _call_provider(shop: Shop, touch: dict, vendors, sleep: Callable[[float], None]) -> SendResult:
+    """Calls the provider; a transient refusal (nothing was sent) is retried a few times
+    with exponential backoff before the touch is handed back to the schedule."""
+    from lead_orchestrator.vendors import MissingCredentials
+
     try:
-        if touch["channel"] == "sms":
-            return vendors.sms(shop).send(touch["to_address"], touch["body"],
-                                          status_callback=vendors.status_callback_url(shop))
-        return vendors.email(shop).send(_email(shop, touch, vendors))
+        send = _sender(shop, touch, vendors)
+    except MissingCredentials as exc:
+        return SendResult("permanent", code="missing_credentials", detail=str(exc))
+    retrying = Retrying(stop=stop_after_attempt(IN_RUN_ATTEMPTS), wait=IN_RUN_WAIT, sleep=sleep,
+                        retry=retry_if_result(lambda r: r.outcome == "transient"),
+                        retry_error_callback=_last_result)
+    try:
+        return retrying(send)
     except Exception as exc:  # noqa: BLE001 - an unexpected failure mid-call is ambiguous
         log.exception("provider call failed for touch %s", touch["id"])
         return SendResult("ambiguous", detail=f"{type(exc).__name__}: {exc}")
 
 
-def _email(shop: Shop, touch: dict, vendors) -> OutgoingEmail:
-    unsubscribe = vendors.unsubscribe_url(shop, touch["to_address"])
-    footer = f"\n\n--\n{shop.name}\n{shop.postal_address or ''}\nUnsubscribe: {unsubscribe}"
-    return OutgoingEmail(
+def _last_result(state: RetryCallState) -> SendResult:
+    return state.outcome.result()
+
+
+def _sender(shop: Shop, touch: dict, vendors) -> Callable[[], SendResult]:
+    if touch["channel"] == "sms":
+        sms = vendors.sms(shop)
+        callback = vendors.status_callback_url(shop, touch["id"])
+        return lambda: sms.send(touch["to_address"], touch["body"], status_callback=callback)
+    email = vendors.email(shop)
+    outgoing = OutgoingEmail(
         to=touch["to_address"], sender=shop.sendgrid_sender or "", sender_name=shop.name,
-        subject=touch["subject"] or f"Your estimate from {shop.name}", text=touch["body"] + footer,
-        headers={"List-Unsubscribe": f"<{unsubscribe}>",
-                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        subject=touch["subject"], text=touch["body"], headers=touch["headers"],
         custom_args={"tenant": shop.slug, "touch_id": str(touch["id"])},
     )
+    return lambda: email.send(outgoing)
 
+
+# --- second transaction: record the outcome --------------------------------------------
 
 def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, now: dt.datetime) -> TouchOutcome:
     if result.outcome == "sent":
-        return _finish(conn, touch, "sent", None, message_id=result.message_id, sent_at=now)
-    if result.outcome == "permanent":
+        # From `unknown` too: the sweeper may have given up on us while we waited.
+        outcome = _finish(conn, touch, "sent", None, now, from_status=("sending", "unknown"),
+                          message_id=result.message_id, sent_at=now)
+    elif result.outcome == "permanent":
+        outcome = _finish(conn, touch, "failed", result.detail or "rejected", now, from_status=("sending",),
+                          code=result.code)
         if result.code == "21610":  # the carrier says this number replied STOP
-            set_opt_out(conn, "sms", touch["to_address"], True, source="twilio_21610")
-        return _finish(conn, touch, "failed", result.detail or "rejected", code=result.code)
-    if result.outcome == "transient" and touch["attempts"] + 1 < MAX_TRANSIENT_ATTEMPTS:
-        retry_at = now + dt.timedelta(seconds=30 * 2 ** touch["attempts"])
-        return _finish(conn, touch, "scheduled", f"retry:{result.code or result.detail}",
-                       code=result.code, send_after=retry_at)
-    if result.outcome == "transient":
-        return _finish(conn, touch, "failed", "transient_errors_exhausted", code=result.code)
-    return _finish(conn, touch, "unknown", result.detail or "ambiguous", code=result.code)
+            opt_out_contact(conn, "sms", touch["to_address"], source="twilio_21610", reason="opted_out", at=now)
+        elif touch["channel"] == "sms" and result.code in UNREACHABLE_SMS_CODES:
+            _skip_later_sms(conn, touch, f"sms_unreachable:{result.code}", now)
+    elif result.outcome == "transient" and touch["attempts"] + 1 < MAX_RESERVATIONS:
+        retry_at = now + RESCHEDULE_BASE * 2 ** touch["attempts"]
+        outcome = _finish(conn, touch, "scheduled", f"retry:{result.code or result.detail}", now,
+                          from_status=("sending",), code=result.code, send_after=retry_at)
+    elif result.outcome == "transient":
+        outcome = _finish(conn, touch, "failed", "transient_errors_exhausted", now, from_status=("sending",),
+                          code=result.code)
+    else:
+        outcome = _finish(conn, touch, "unknown", result.detail or "ambiguous", now, from_status=("sending",),
+                          code=result.code)
+    complete_if_done(conn, touch["lead_id"], at=now)
+    return outcome
 
 
-def set_opt_out(conn: psycopg.Connection, channel: str, address: str, opted_out: bool, *, source: str) -> None:
-    conn.execute(
-        """INSERT INTO contacts (tenant_id, channel, address, opted_out, change_source)
-           VALUES (current_tenant_id(), %s, %s, %s, %s)
-           ON CONFLICT (tenant_id, channel, address)
-           DO UPDATE SET opted_out = EXCLUDED.opted_out, change_source = EXCLUDED.change_source, changed_at = now()""",
-        (channel, address, opted_out, source),
-    )
+def _skip_later_sms(conn: psycopg.Connection, touch: dict, reason: str, now: dt.datetime) -> None:
+    rows = conn.execute(
+        """UPDATE touches SET status = 'skipped', reason = %s, updated_at = now()
+            WHERE lead_id = %s AND channel = 'sms' AND status IN ('scheduled', 'deferred') RETURNING step""",
+        (reason, touch["lead_id"]),
+    ).fetchall()
+    if rows:
+        lead_log.record(conn, touch["lead_id"], "touches_skipped", reason=reason, at=now,
+                        touches=sorted(f"{r['step']}:sms" for r in rows))

@@ -42,8 +42,11 @@ class Vendors:
         key = _secret(shop, "sendgrid_api_key")
         return self._cached(("sg", shop.id, key), lambda: SendGridSender(key, self.sendgrid_base_url))
 
-    def status_callback_url(self, shop: Shop) -> str:
-        return f"{self.public_base_url}/webhooks/twilio/{shop.slug}/status"
+    def status_callback_url(self, shop: Shop, touch_id: int | None = None) -> str:
+        # The touch id in the URL lets a callback find its touch even when it arrives
+        # before the send's outcome is committed; Twilio signs the URL with its query.
+        base = f"{self.public_base_url}/webhooks/twilio/{shop.slug}/status"
+        return f"{base}?touch={touch_id}" if touch_id is not None else base
 
     def unsubscribe_url(self, shop: Shop, email: str) -> str:
         return f"{self.public_base_url}/unsubscribe/{unsubscribe_token(self.secret_key, shop.id, email)}"

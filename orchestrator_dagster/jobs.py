@@ -2,10 +2,11 @@
 
 import datetime as dt
 
-from dagster import OpExecutionContext, in_process_executor, job, op
+from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
 from lead_orchestrator.ingest import claim_events, process_claimed_events, summarize
 from lead_orchestrator.redaction import redacted_errors
+from lead_orchestrator.shops import tenant_id_for_slug
 from lead_orchestrator.touch_runner import send_due_touches
 from orchestrator_dagster.assets import leads_materialization
 from orchestrator_dagster.partitions import shop_partitions, touchpoint_windows
@@ -49,18 +50,32 @@ def ingest_job():
     ingest_inbox_events()
 
 
+class FollowUpConfig(Config):
+    # Empty: every active shop. An operator can backfill one shop's window alone.
+    shops: list[str] = []
+
+
 @op
 @redacted_errors()
-def send_due_follow_ups(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
-    """Sends every touch owed up to the end of this window (and not later than now)."""
+def send_due_follow_ups(context: OpExecutionContext, config: FollowUpConfig, database: DatabaseResource,
+                        vendors: VendorsResource) -> None:
+    """Sends every touch owed up to the end of this window (and not later than now).
+    Owed means not sent yet: a window run twice, or backfilled, sends nothing twice."""
     window = context.partition_time_window
     now = dt.datetime.now(dt.timezone.utc)
-    clients = vendors.vendors()
+    db, clients = database.database(), vendors.vendors()
+    tenant_ids = None
+    if config.shops:
+        with db.system_tx() as conn:
+            tenant_ids = [tenant_id_for_slug(conn, slug) for slug in config.shops]
+        unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
+        if unknown:
+            raise ValueError(f"no active shop named {', '.join(unknown)}")
     try:
-        report = send_due_touches(database.database(), clients, now=now, due_before=min(window.end, now))
+        report = send_due_touches(db, clients, now=now, due_before=min(window.end, now), tenant_ids=tenant_ids)
     finally:
         clients.close()
-    context.log.info(f"window {window.start:%Y-%m-%d %H:%M}: {report}")
+    context.log.info(f"window {window.start:%Y-%m-%d %H:%M}: {dict(report)}")
 
 
 @job(partitions_def=touchpoint_windows, executor_def=in_process_executor,

@@ -92,15 +92,22 @@ def table_counts(conn) -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def settings(database_url, tmp_path_factory) -> Settings:
+    # The receiver's port is chosen here: Twilio signs the public URL it calls, so the
+    # receiver must know its own public URL (PUBLIC_BASE_URL) before it starts.
+    from tests.support import free_port
+
     return Settings(DATABASE_URL=database_url, LEAD_DATA_DIR=str(tmp_path_factory.mktemp("data")),
-                    APP_SECRET_KEY="test-secret-key", LEAD_ENCRYPTION_KEY=os.environ["LEAD_ENCRYPTION_KEY"])
+                    APP_SECRET_KEY="test-secret-key", LEAD_ENCRYPTION_KEY=os.environ["LEAD_ENCRYPTION_KEY"],
+                    PUBLIC_BASE_URL=f"http://127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="session")
 def receiver(settings, db):
+    from urllib.parse import urlsplit
+
     from webhook_receiver.main import create_app
 
-    with ThreadedServer(create_app(settings, db)) as server:
+    with ThreadedServer(create_app(settings, db), port=urlsplit(settings.public_base_url).port) as server:
         yield server
 
 
@@ -132,6 +139,7 @@ def connected_shop(make_shop, standins, receiver):
         overrides.setdefault("send_window_start", "00:00")
         overrides.setdefault("send_window_end", "23:59:59")
         overrides.setdefault("settings", {"holiday_country": None})
+        overrides.setdefault("sendgrid_event_public_key", standins.sendgrid.public_key())
         shop = make_shop(**overrides)
         standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value(),
                                      f"{receiver.url}/webhooks/shopmonkey/{shop.slug}",

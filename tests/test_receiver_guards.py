@@ -93,16 +93,16 @@ def test_body_cap_holds_without_a_content_length(receiver, make_shop, admin):
 
 
 def test_body_cap_applies_to_routes_added_later(app_with):
-    """A route that reads its body its own way (as the Twilio/SendGrid routes will)."""
+    """A route that reads its body its own way (as a future vendor route might)."""
     server = app_with()
     seen = []
 
-    async def sendgrid_events(request: Request):
+    async def vendor_events(request: Request):
         seen.append(len(await request.body()))
         return {"ok": True}
 
-    server._server.config.app.add_api_route("/webhooks/sendgrid/{tenant}/events", sendgrid_events, methods=["POST"])
-    url = f"{server.url}/webhooks/sendgrid/some-shop/events"
+    server._server.config.app.add_api_route("/webhooks/othervendor/{tenant}/events", vendor_events, methods=["POST"])
+    url = f"{server.url}/webhooks/othervendor/some-shop/events"
     assert httpx.post(url, content=b"[]", timeout=10).status_code == 200
     assert_error_body(httpx.post(url, content=_chunks(), timeout=10), 413)
     assert_error_body(httpx.post(url, content=b"x" * 300_000, timeout=10), 413)  # declared length

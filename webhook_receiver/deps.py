@@ -93,9 +93,10 @@ async def read_body(request: Request) -> bytes:
     return await read_limited_body(request)
 
 
-async def read_limited_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it is larger than the configured limit."""
-    limit = request.app.state.settings.max_webhook_body_bytes
+async def read_limited_body(request: Request, limit: int | None = None) -> bytes:
+    """The body, refused with 413 as soon as it is larger than `limit` (default: the
+    configured webhook limit)."""
+    limit = limit or request.app.state.settings.max_webhook_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")

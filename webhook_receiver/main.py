@@ -14,7 +14,7 @@ from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
 from webhook_receiver.guards import BodySizeLimit, ShopRateLimit
 from webhook_receiver.inbox_writer import InboxWriter
-from webhook_receiver.routers import health, shopmonkey
+from webhook_receiver.routers import health, sendgrid, shopmonkey, twilio, unsubscribe
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
@@ -44,4 +44,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(ShopRateLimit, rate=settings.webhook_rate_limit)
     app.include_router(health.router)
     app.include_router(shopmonkey.router)
+    app.include_router(twilio.router)
+    app.include_router(sendgrid.router)
+    app.include_router(unsubscribe.router)
     return app

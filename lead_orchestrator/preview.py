@@ -1,0 +1,70 @@
+"""`lead-orchestrator preview SLUG`: a shop's sequence rendered for a sample lead, with
+when each step would be due and when it would go out under the shop's send rules.
+Rendering goes through the same `compose` the sender uses."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from lead_orchestrator.messages import Message, compose, sample_lead
+from lead_orchestrator.send_window import SendWindow
+from lead_orchestrator.sequences import Step, sequence_for
+from lead_orchestrator.shops import Shop
+
+
+@dataclass(frozen=True)
+class PreviewItem:
+    step: Step
+    due: dt.datetime
+    goes_out: dt.datetime
+    message: Message
+
+
+def preview_sequence(shop: Shop, created_at: dt.datetime, unsubscribe_url: str) -> list[PreviewItem]:
+    window = SendWindow.for_shop(shop)
+    lead = sample_lead()
+    items: list[PreviewItem] = []
+    sms_seen = False
+    for step in sorted(sequence_for(shop.settings or {}), key=lambda s: (s.step, s.channel)):
+        due = created_at + step.offset
+        # As the sender does: quiet hours, and the spacing from earlier steps as sent.
+        earliest = max([due] + [i.goes_out + (step.offset - i.step.offset) for i in items if i.step.step < step.step])
+        message = compose(shop, step, lead, first_sms=step.channel == "sms" and not sms_seen,
+                          unsubscribe_url=unsubscribe_url)
+        sms_seen = sms_seen or step.channel == "sms"
+        items.append(PreviewItem(step, due, window.next_allowed_moment(earliest), message))
+    return items
+
+
+def _offset(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes == 0:
+        return "at once"
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{mins} min" if mins else ""]
+    return " ".join(p for p in parts if p) + " after the estimate"
+
+
+def format_preview(shop: Shop, created_at: dt.datetime, items: list[PreviewItem]) -> str:
+    tz = ZoneInfo(shop.time_zone)
+    fmt = "%a %Y-%m-%d %H:%M %Z"
+    window = SendWindow.for_shop(shop)
+    closed = ", ".join(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][d] for d in sorted(window.closed_weekdays))
+    lines = [f"{shop.name} ({shop.slug}): sample lead created {created_at.astimezone(tz).strftime(fmt)}",
+             f"Send window {window.start:%H:%M}-{window.end:%H:%M} {shop.time_zone}; closed: {closed or 'no weekday'}; "
+             f"holidays: {window.holiday_country or 'none'}{'-' + window.holiday_subdiv if window.holiday_subdiv else ''}",
+             ""]
+    for item in items:
+        when = item.goes_out.astimezone(tz).strftime(fmt)
+        late = "" if item.goes_out == item.due else f"  (due {item.due.astimezone(tz).strftime(fmt)}: deferred)"
+        lines.append(f"== step {item.step.step} · {item.step.channel.upper()} · {_offset(item.step.offset)} · "
+                     f"template {item.step.template}")
+        lines.append(f"   goes out {when}{late}")
+        if item.message.subject:
+            lines.append(f"   Subject: {item.message.subject}")
+        for name, value in (item.message.headers or {}).items():
+            lines.append(f"   {name}: {value}")
+        lines += ["   " + line for line in item.message.body.splitlines()] + [""]
+    return "\n".join(lines)
