@@ -11,8 +11,11 @@ import argparse
 import time
 from collections import Counter
 
+import psutil
+
 from benchmarks.arrivals import Arrivals
 from benchmarks.common import machine, say
+from benchmarks.idle_cost import cpu_seconds
 from benchmarks.stack_harness import PeakMemory, Stack
 from tests.support import wait_for
 
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     with Stack(shops=args.shops) as stack:
         stack.standins.shopmonkey.set_rate_limit(args.rate_limit, 10.0)
         runs_before = dagster_runs(stack)
+        cpu_before = {name: cpu_seconds(procs) for name, procs in stack.process_tree().items()}
+        own_before = time.process_time()
+        machine_before = psutil.cpu_times()
         keys = [s.shopmonkey_api_key.get_secret_value() for s in stack.shop_list]
         phones, emails = [], []
         with PeakMemory(stack) as memory, \
@@ -56,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
             last = max(max(sms.first(p) for p in phones), max(mail.first(e) for e in emails))
             time.sleep(3)  # let anything that would be a duplicate arrive before counting
         runs = dagster_runs(stack) - runs_before
+        cpu_used = {name: cpu_seconds(procs) - cpu_before.get(name, 0.0) for name, procs in stack.process_tree().items()}
+        cpu_used["stand-ins + load generator (this process)"] = time.process_time() - own_before
+        machine_after = psutil.cpu_times()
+        busy = sum(getattr(machine_after, f) - getattr(machine_before, f) for f in ("user", "system", "nice", "irq", "softirq"))
+        cpu_used["whole machine (incl. PostgreSQL)"] = busy
         sms_counts = Counter(m["to"] for m in stack.standins.twilio.messages.items())
         mail_counts = Counter(m["to"][0] for m in stack.standins.sendgrid.sent.items())
         duplicates = sum(n - 1 for n in sms_counts.values() if n > 1) + sum(n - 1 for n in mail_counts.values() if n > 1)
@@ -65,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"Dagster runs launched during the burst: {runs} (independent of the number of shops)")
         say(f"ShopMonkey stand-in requests: {counts['total']}, answered 429 (and waited out): "
             f"{counts['rate_limited']}")
+        say("CPU seconds used: " + ", ".join(f"{name} {sec:.1f}" for name, sec in cpu_used.items()))
         say("peak memory (MB, process + children): "
             + ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(memory.peak_mb.items())))
     return 0

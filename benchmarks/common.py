@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 
 from lead_orchestrator.embedded_pg import EmbeddedPostgres
@@ -23,6 +24,10 @@ from lead_orchestrator.migrations import apply_migrations
 from lead_orchestrator.shops import ShopChanges, create_shop
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# One encryption key for the benchmark and every process it starts (they inherit the
+# environment), so shops written here decrypt there; never the developer's own key.
+os.environ.setdefault("LEAD_ENCRYPTION_KEY", Fernet.generate_key().decode())
 
 
 def say(message: str) -> None:

@@ -56,10 +56,13 @@ def parse_wrk(text: str) -> dict:
 def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
     port = free_port()
     argv = [venv_bin("uvicorn"), TARGETS[name], "--host", "127.0.0.1", "--port", str(port),
-            "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+            "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+            "--workers", str(args.workers)]
     if name == "receiver":
         argv.append("--factory")
-    proc = spawn(argv, {**env, "DATABASE_URL": url, "NAIVE_SECRET": shop.webhook_secret.get_secret_value()},
+    # The per-shop rate limit guards production; this benchmark measures raw capacity.
+    proc = spawn(argv, {**env, "DATABASE_URL": url, "NAIVE_SECRET": shop.webhook_secret.get_secret_value(),
+                        "WEBHOOK_RATE_LIMIT": "10000000/minute"},
                  workdir / f"{name}.log")
     try:
         base = f"http://127.0.0.1:{port}"
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes for every server")
     parser.add_argument("--max-rps", type=int, default=12000, help="sizes the pre-signed request files")
     parser.add_argument("--only", choices=list(TARGETS), action="append")
     args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ def migrate() -> None:
 
 
 @main.command(help="Run the fast path alone: process inbox events the moment they are stored.")
-@click.option("--workers", default=8, show_default=True, help="Events processed at once.")
+@click.option("--workers", default=32, show_default=True, help="Events processed at once.")
 def dispatcher(workers: int) -> None:
     import logging
     import signal
@@ -50,6 +50,8 @@ def dispatcher(workers: int) -> None:
     from lead_orchestrator.vendors import vendors_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Twilio SDK logs every request at INFO: noise, and CPU, at a thousand texts a minute.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     settings = get_settings()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

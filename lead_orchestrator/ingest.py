@@ -20,7 +20,7 @@ from lead_orchestrator.qualification import closing_reason, parse_time, qualify
 from lead_orchestrator.send_window import SendWindow
 from lead_orchestrator.shopmonkey_client import ShopMonkeyAuthError, ShopMonkeyError, ShopMonkeyNotFound
 from lead_orchestrator.shops import Shop, load_shop
-from lead_orchestrator.touches import cancel_pending, due_touch_ids, plan_sequence, send_touch
+from lead_orchestrator.touches import cancel_pending, due_touch_ids, plan_sequence, send_touches
 from lead_orchestrator.vendors import MissingCredentials
 
 log = logging.getLogger(__name__)
@@ -220,10 +220,9 @@ def _close(conn, lead, reason: str, result: EventResult):
 def _send_due(db, vendors, shop, lead, event, now, result: EventResult) -> None:
     with db.tenant_tx(shop.id) as conn:
         ids = due_touch_ids(conn, now(), lead_id=lead["id"])
-    for touch_id in ids:
-        outcome = send_touch(db, shop, touch_id, vendors, now=now())
-        if outcome.status == "sent":
-            result.touches_sent += 1
+    if ids:
+        outcomes = send_touches(db, shop, ids, vendors, now=now())
+        result.touches_sent += sum(1 for o in outcomes if o.status == "sent")
     if result.touches_sent and result.outcome == "new_lead":
         latency = (now() - event["received_at"]).total_seconds()
         result.first_touch_latency_s = round(latency, 3)

@@ -6,8 +6,9 @@ A template naming a field we do not provide is rejected when it is saved (see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import Template, StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MERGE_FIELDS = frozenset({
@@ -84,8 +85,14 @@ def validate_template(text: str) -> None:
         raise TemplateError(f"template does not render: {exc}") from None
 
 
+@lru_cache(maxsize=512)
+def _compiled(text: str) -> Template:
+    # Compiling a template costs ~1.5 ms; shops have a handful of templates.
+    return _env.from_string(text)
+
+
 def render(text: str, fields: dict[str, str]) -> str:
-    return _env.from_string(text).render(**fields).strip()
+    return _compiled(text).render(**fields).strip()
 
 
 def format_cents(cents: int | None) -> str:

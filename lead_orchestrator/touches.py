@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -116,16 +117,45 @@ def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime,
                sleep: Callable[[float], None] = time.sleep) -> TouchOutcome:
     """Sends one touch if it is still owed, due and allowed; at most once, ever.
     `sleep` waits between quick retries of a transient error (tests pass a fake)."""
+    return send_touches(db, shop, [touch_id], vendors, now=now, sleep=sleep)[0]
+
+
+def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datetime,
+                 sleep: Callable[[float], None] = time.sleep) -> list[TouchOutcome]:
+    """Sends several touches of one shop (e.g. a lead's first SMS and email) with one
+    reservation transaction and one recording transaction; the provider calls run side
+    by side, so a touch is never left reserved while another one's call is slow."""
     window = SendWindow.for_shop(shop)
+    reserved: list[tuple[int, dict]] = []
+    outcomes: list[TouchOutcome | None] = [None] * len(touch_ids)
     with db.tenant_tx(shop.id) as conn:
-        touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors)
-    if outcome:
-        return outcome
+        for i, touch_id in enumerate(touch_ids):
+            touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors)
+            if outcome:
+                outcomes[i] = outcome
+            else:
+                reserved.append((i, touch))
+    if not reserved:
+        return outcomes
 
-    result = _call_provider(shop, touch, vendors, sleep)
+    results = _call_providers(shop, [touch for _, touch in reserved], vendors, sleep)
 
     with db.tenant_tx(shop.id) as conn:
-        return _record_result(conn, touch, result, now)
+        for (i, touch), result in zip(reserved, results):
+            outcomes[i] = _record_result(conn, touch, result, now)
+    return outcomes
+
+
+def _call_providers(shop: Shop, touches: list[dict], vendors, sleep) -> list[SendResult]:
+    if len(touches) == 1:
+        return [_call_provider(shop, touches[0], vendors, sleep)]
+    others = [_PROVIDER_CALLS.submit(_call_provider, shop, touch, vendors, sleep) for touch in touches[1:]]
+    first = _call_provider(shop, touches[0], vendors, sleep)
+    return [first, *(future.result() for future in others)]
+
+
+# Provider calls made beside the caller's own (bounded: it is only a latency helper).
+_PROVIDER_CALLS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="provider-call")
 
 
 # --- first transaction: check, then reserve ------------------------------------------
