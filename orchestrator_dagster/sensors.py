@@ -2,9 +2,9 @@
 (below: the 30-second backup poll that feeds the inbox).
 
 The dispatcher (lead_orchestrator/dispatcher.py) takes events the moment they are
-committed. While a dispatcher is alive, events still waiting after INBOX_GRACE (it is
-behind, or failed on them) get an ingest run from this sensor; with no dispatcher
-alive, every waiting event does. Run keys are deterministic (the highest waiting id),
+committed. With no dispatcher alive, every waiting event gets an ingest run from this
+sensor; with one alive, only events waiting longer than INBOX_GRACE (it failed on them
+or stalled), or than BUSY_GRACE while it is working through a burst. Run keys are deterministic (the highest waiting id),
 so a tick that sees the same backlog twice requests nothing new.
 """
 
@@ -20,6 +20,9 @@ from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 
 # Fresh events belong to the fast path; the sensor steps in for older ones.
 INBOX_GRACE = dt.timedelta(seconds=5)
+# While the dispatcher is visibly working through a queue (it claimed something within
+# INBOX_GRACE), a run would only compete with it for CPU: wait longer.
+BUSY_GRACE = dt.timedelta(seconds=30)
 # Events still pending this long after a run was requested for them are asked for again.
 RETRY_AFTER = dt.timedelta(seconds=60)
 
@@ -28,7 +31,9 @@ RETRY_AFTER = dt.timedelta(seconds=60)
 def inbox_sensor(context: SensorEvaluationContext, database: DatabaseResource):
     with database.database().system_tx() as conn:
         alive = conn.execute("SELECT fast_path_alive() AS alive").fetchone()["alive"]
-        grace = INBOX_GRACE if alive else dt.timedelta(0)
+        progressing = alive and conn.execute("SELECT fast_path_progressing(%s) AS p",
+                                             (INBOX_GRACE,)).fetchone()["p"]
+        grace = BUSY_GRACE if progressing else INBOX_GRACE if alive else dt.timedelta(0)
         backlog = conn.execute("SELECT * FROM inbox_backlog_older_than(%s)", (grace,)).fetchone()
     if not backlog["pending"]:
         return SkipReason("inbox is empty")
