@@ -36,7 +36,6 @@ class Settings(BaseSettings):
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
     max_webhook_body_bytes: int = Field(default=256 * 1024, alias="MAX_WEBHOOK_BODY_BYTES")
-    webhook_tolerance_seconds: int = Field(default=300, alias="WEBHOOK_TOLERANCE_SECONDS")
     # The 30-second backup poll sensor's state when no operator has set one in the UI
     # ("stopped" e.g. in test sessions, which start it explicitly).
     poll_sensor_default_status: Literal["running", "stopped"] = Field(default="running",
