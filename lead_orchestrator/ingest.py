@@ -107,11 +107,14 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
         result.outcome = "retry"
         return result
 
+    due: list[int] = []
     with db.tenant_tx(tenant_id) as conn:
         lead = _upsert_lead(conn, shop, event, order, customer, vehicle, now(), result)
         _mark_event(conn, event_id, "done", result.outcome)
-    if lead is not None and lead["status"] == "active":
-        _send_due(db, vendors, shop, lead, event, now, result)
+        if lead is not None and lead["status"] == "active":
+            due = due_touch_ids(conn, now(), lead_id=lead["id"])
+    if due:
+        _send_due(db, vendors, shop, lead, due, event, now, result)
     return result
 
 
@@ -217,17 +220,15 @@ def _close(conn, lead, reason: str, result: EventResult):
     return {**lead, "status": status}
 
 
-def _send_due(db, vendors, shop, lead, event, now, result: EventResult) -> None:
-    with db.tenant_tx(shop.id) as conn:
-        ids = due_touch_ids(conn, now(), lead_id=lead["id"])
-    if ids:
-        outcomes = send_touches(db, shop, ids, vendors, now=now())
-        result.touches_sent += sum(1 for o in outcomes if o.status == "sent")
-    if result.touches_sent and result.outcome == "new_lead":
-        latency = (now() - event["received_at"]).total_seconds()
-        result.first_touch_latency_s = round(latency, 3)
-        with db.tenant_tx(shop.id) as conn:
+def _send_due(db, vendors, shop, lead, touch_ids: list[int], event, now, result: EventResult) -> None:
+    def log_latency(conn, outcomes) -> None:
+        # In the transaction that records the sends: no extra round trips per lead.
+        result.touches_sent = sum(1 for o in outcomes if o.status == "sent")
+        if result.touches_sent and result.outcome == "new_lead":
+            result.first_touch_latency_s = round((now() - event["received_at"]).total_seconds(), 3)
             lead_log.record(conn, lead["id"], "first_touch_latency", seconds=result.first_touch_latency_s)
+
+    send_touches(db, shop, touch_ids, vendors, now=now(), on_recorded=log_latency)
 
 
 def _mark_event(conn, event_id: int, status: str, outcome: str | None, error: str | None = None) -> None:

@@ -121,10 +121,13 @@ def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime,
 
 
 def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datetime,
-                 sleep: Callable[[float], None] = time.sleep) -> list[TouchOutcome]:
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_recorded: Callable[[psycopg.Connection, list[TouchOutcome]], None] | None = None,
+                 ) -> list[TouchOutcome]:
     """Sends several touches of one shop (e.g. a lead's first SMS and email) with one
     reservation transaction and one recording transaction; the provider calls run side
-    by side, so a touch is never left reserved while another one's call is slow."""
+    by side, so a touch is never left reserved while another one's call is slow.
+    `on_recorded(conn, outcomes)` runs inside the recording transaction."""
     window = SendWindow.for_shop(shop)
     reserved: list[tuple[int, dict]] = []
     outcomes: list[TouchOutcome | None] = [None] * len(touch_ids)
@@ -143,6 +146,8 @@ def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datet
     with db.tenant_tx(shop.id) as conn:
         for (i, touch), result in zip(reserved, results):
             outcomes[i] = _record_result(conn, touch, result, now)
+        if on_recorded is not None:
+            on_recorded(conn, outcomes)
     return outcomes
 
 
