@@ -3,6 +3,7 @@ receiver over real HTTP, and shops to test with."""
 from __future__ import annotations
 
 import base64
+from contextlib import contextmanager
 import itertools
 import os
 import uuid
@@ -84,6 +85,26 @@ def make_shop(database_url):
             return create_shop(conn, slug, name, changes)
 
     return make
+
+
+@contextmanager
+def scratch_database(pg, prefix: str):
+    """A migrated database of its own in the session's embedded cluster, dropped after:
+    for tests that rewrite every tenant row or count every row change."""
+    from lead_orchestrator.migrations import apply_migrations
+
+    if pg[0] is None:
+        pytest.skip("needs the embedded cluster to create a database (TEST_DATABASE_URL is set)")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
+        su.execute(f'CREATE DATABASE "{name}"')
+    url = pg[0].url(name)
+    apply_migrations(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
+            su.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def table_counts(conn) -> dict[str, int]:

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from standardwebhooks import Webhook
 
-from tests.conftest import TENANT_TABLES
+from tests.conftest import TENANT_TABLES, scratch_database
 from tests.support import ThreadedServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -49,18 +49,15 @@ TIMES: dict[str, float] = {}
 def fuzz(pg, settings, tmp_path_factory):
     """A migrated database of its own with two shops, an audit counter of row changes
     in every tenant table, and a receiver on it (rate limit out of the way)."""
+    with scratch_database(pg, "fuzz") as url:
+        yield from _fuzz_setup(url, settings)
+
+
+def _fuzz_setup(url: str, settings):
     from lead_orchestrator.db import Database
-    from lead_orchestrator.migrations import apply_migrations
     from lead_orchestrator.shops import ShopChanges, create_shop
     from webhook_receiver.main import create_app
 
-    if pg[0] is None:
-        pytest.skip("needs the embedded cluster to create a database")
-    name = "fuzz_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
-        su.execute(f'CREATE DATABASE "{name}"')
-    url = pg[0].url(name)
-    apply_migrations(url)
     admin = psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row)
     admin.execute("CREATE TABLE fuzz_audit (n bigint NOT NULL); INSERT INTO fuzz_audit VALUES (0);")
     admin.execute("""CREATE FUNCTION fuzz_count() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
@@ -78,8 +75,6 @@ def fuzz(pg, settings, tmp_path_factory):
         yield {"server": server, "client": client, "admin": admin, "shop": shops[0], "other": shops[1]}
     db.close()
     admin.close()
-    with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
-        su.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,6 +9,8 @@ import uuid
 
 import psycopg
 import pytest
+
+from tests.conftest import scratch_database
 from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from psycopg.rows import dict_row
@@ -98,18 +100,8 @@ def test_malformed_keys_are_refused_without_echoing_them():
 @pytest.fixture
 def scratch_url(pg, database_url):
     """An empty database in the session's cluster, migrated; dropped afterwards."""
-    from lead_orchestrator.migrations import apply_migrations
-
-    if pg[0] is None:
-        pytest.skip("needs the embedded cluster to create a database")
-    name = "scratch_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
-        su.execute(f'CREATE DATABASE "{name}"')
-    url = pg[0].url(name)
-    apply_migrations(url)
-    yield url
-    with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
-        su.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database(pg, "scratch") as url:
+        yield url
 
 
 def test_plaintext_rows_from_before_are_encrypted_by_the_migration_step(scratch_url):
