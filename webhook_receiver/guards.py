@@ -17,8 +17,8 @@ import re
 import time
 
 from limits import parse as parse_rate
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from webhook_receiver.errors import ApiError
 
@@ -36,21 +36,26 @@ async def send_error(send, status: int, code: str, message: str, headers: dict[s
 class ShopRateLimit:
     """At most `rate` (e.g. "600/minute") requests per (vendor, shop) path prefix.
 
-    `limits` keeps a moving window per key in memory (one receiver process; behind
-    several processes each has its own window, so the effective limit is per process:
-    say so in the deployment, or give `limits` a shared storage URI). The window is
-    checked before the shop is even looked up, so a flood costs no database work."""
+    `limits` keeps a sliding window counter per key in memory (one receiver process;
+    behind several processes each has its own window, so the effective limit is per
+    process: say so in the deployment, or give `limits` a shared storage URI). The
+    window is checked before the shop is even looked up, so a flood costs no database
+    work. A sliding window *counter* is two numbers per shop whatever the rate; the
+    moving window we used first keeps one entry per request and inserts at the front of
+    that list, and the synchronous storage starts a thread every 10 ms to expire it,
+    which together cost the receiver ~5 % of its throughput under load. The asyncio
+    storage expires keys in a task on the server's own loop."""
 
     def __init__(self, app, rate: str):
         self.app = app
         self.item = parse_rate(rate)
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             match = WEBHOOK_PATH.match(scope.get("path", ""))
-            if match and not self.limiter.hit(self.item, match.group(1), match.group(2)):
-                reset_at = self.limiter.get_window_stats(self.item, match.group(1), match.group(2)).reset_time
+            if match and not await self.limiter.hit(self.item, match.group(1), match.group(2)):
+                reset_at = (await self.limiter.get_window_stats(self.item, match.group(1), match.group(2))).reset_time
                 retry_after = max(1, math.ceil(reset_at - time.time()))
                 await send_error(send, 429, "rate_limited",
                                  f"too many requests for this shop; retry after {retry_after}s",
