@@ -8,7 +8,10 @@ message, its arguments and the formatted traceback of every record, whichever lo
 or handler (Dagster's, uvicorn's, pytest's) later writes it.
 
 The factory runs only for records that pass the level check, so the cost is one regex
-search per emitted line.
+search per emitted line. The regex is rebuilt lazily, at the first use after a new
+secret: registering is on the hot path (every shop load decrypts its secrets), and
+rebuilding an alternation of a few hundred secrets on each of them cost the dispatcher
+a fifth of its CPU at the start of a burst (py-spy; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -27,31 +30,40 @@ MIN_SECRET_LENGTH = 8
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
+_pattern_covers = 0  # how many secrets _pattern was built from
 _installed = False
 
 
 def register(value: str | None) -> None:
     """Adds a value to redact (and installs the log record factory on first use)."""
-    global _pattern
     if not value or len(value) < MIN_SECRET_LENGTH or value in _secrets:
         return
     with _lock:
         _secrets.add(value)
-        # Longest first, so a secret that contains another is masked whole.
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
     install()
 
 
+def _current_pattern() -> re.Pattern[str] | None:
+    global _pattern, _pattern_covers
+    if _pattern_covers != len(_secrets):  # secrets are only ever added
+        with _lock:
+            if _pattern_covers != len(_secrets):
+                # Longest first, so a secret that contains another is masked whole.
+                ordered = sorted(_secrets, key=len, reverse=True)
+                _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+                _pattern_covers = len(ordered)
+    return _pattern
+
+
 def redact(text: str) -> str:
-    pattern = _pattern
+    pattern = _current_pattern()
     if pattern is None or not text:
         return text
     return pattern.sub(MASK, text)
 
 
 def contains_secret(text: str) -> bool:
-    pattern = _pattern
+    pattern = _current_pattern()
     return bool(pattern and text and pattern.search(text))
 
 
@@ -98,7 +110,7 @@ def redacted_errors() -> Iterator[None]:
 
 
 def _scrub(record: logging.LogRecord) -> None:
-    if _pattern is None:
+    if not _secrets:
         return
     try:
         message = record.getMessage()
