@@ -50,8 +50,10 @@ def dispatcher(workers: int) -> None:
     from lead_orchestrator.vendors import vendors_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The Twilio SDK logs every request at INFO: noise, and CPU, at a thousand texts a minute.
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+    # The Twilio SDK and httpx (the ShopMonkey client) log every request at INFO: noise,
+    # and CPU (a lock shared by every worker), at a thousand leads a minute.
+    for chatty in ("twilio.http_client", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings = get_settings()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
