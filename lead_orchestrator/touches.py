@@ -57,7 +57,7 @@ class TouchOutcome:
 def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: SendWindow) -> int:
     """Creates the lead's touch rows (idempotent). Returns how many were created.
     A step due inside quiet hours is planned for the next allowed moment."""
-    created = 0
+    planned = []
     for step in sequence_for(shop.settings or {}):
         address = lead["phone_e164"] if step.channel == "sms" else lead["email"]
         due = lead["first_seen_at"] + step.offset
@@ -66,19 +66,25 @@ def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: Send
         else:
             send_after = window.next_allowed_moment(due)
             status, reason = ("deferred", "quiet_hours") if send_after > due else ("scheduled", None)
-        row = conn.execute(
-            """INSERT INTO touches (tenant_id, lead_id, step, channel, status, reason, due_at, send_after, to_address)
-               VALUES (current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (tenant_id, lead_id, step, channel) DO NOTHING RETURNING id""",
-            (lead["id"], step.step, step.channel, status, reason, due, send_after, address),
-        ).fetchone()
-        if row:
-            created += 1
-            if status != "scheduled":
-                lead_log.record(conn, lead["id"], f"touch_{status}", step=step.step, channel=step.channel,
-                                reason=reason, due_at=due.isoformat(), send_after=send_after.isoformat(),
-                                at=lead["first_seen_at"])
-    return created
+        planned.append((step.step, step.channel, status, reason, due, send_after, address))
+    if not planned:
+        return 0
+    # One statement for the whole sequence (it runs for every new lead).
+    values = ", ".join(["(current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"] * len(planned))
+    params = [value for (step, channel, *rest) in planned for value in (lead["id"], step, channel, *rest)]
+    created = conn.execute(
+        f"""INSERT INTO touches (tenant_id, lead_id, step, channel, status, reason, due_at, send_after, to_address)
+            VALUES {values}
+            ON CONFLICT (tenant_id, lead_id, step, channel) DO NOTHING RETURNING step, channel""",
+        params,
+    ).fetchall()
+    new = {(row["step"], row["channel"]) for row in created}
+    for step, channel, status, reason, due, send_after, _ in planned:
+        if (step, channel) in new and status != "scheduled":
+            lead_log.record(conn, lead["id"], f"touch_{status}", step=step, channel=channel,
+                            reason=reason, due_at=due.isoformat(), send_after=send_after.isoformat(),
+                            at=lead["first_seen_at"])
+    return len(created)
 
 
 def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | None = None,
@@ -146,6 +152,8 @@ def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datet
     with db.tenant_tx(shop.id) as conn:
         for (i, touch), result in zip(reserved, results):
             outcomes[i] = _record_result(conn, touch, result, now)
+        for lead_id in dict.fromkeys(touch["lead_id"] for _, touch in reserved):  # once per lead, in order
+            complete_if_done(conn, lead_id, at=now)
         if on_recorded is not None:
             on_recorded(conn, outcomes)
     return outcomes
@@ -168,11 +176,11 @@ _PROVIDER_CALLS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="provide
 def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.datetime, window: SendWindow,
              vendors) -> tuple[dict | None, TouchOutcome | None]:
     """Returns (touch, None) when the caller should send, or (None, outcome) when not."""
-    head = conn.execute("SELECT lead_id FROM touches WHERE id = %s", (touch_id,)).fetchone()
-    if head is None:
-        return None, TouchOutcome(touch_id, "missing", "not_pending")
     # The lead first (see lead_state): a stop that locked it is waited for and then seen.
-    lead = conn.execute("SELECT * FROM leads WHERE id = %s FOR SHARE", (head["lead_id"],)).fetchone()
+    lead = conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
+                        (touch_id,)).fetchone()
+    if lead is None:  # no such touch (a touch always has its lead)
+        return None, TouchOutcome(touch_id, "missing", "not_pending")
     touch = conn.execute("SELECT * FROM touches WHERE id = %s FOR UPDATE", (touch_id,)).fetchone()
     if touch["status"] not in ("scheduled", "deferred"):
         return None, TouchOutcome(touch_id, touch["status"], "not_pending")
@@ -189,7 +197,7 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
     if touch["channel"] == "email" and not shop.postal_address:
         return None, _decline(conn, touch, "skipped", "no_postal_address", now)
 
-    later, why = _not_before(conn, shop, touch, now, window)
+    later, why = _not_before(conn, shop, touch, now, window, first_step=touch["step"] == 0)
     if later is not None:
         conn.execute("UPDATE touches SET status = 'deferred', reason = %s, send_after = %s, updated_at = now() "
                      "WHERE id = %s", (why, later, touch_id))
@@ -210,14 +218,16 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
     return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {}}, None
 
 
-def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow):
-    """(when, why) if the touch may not go out at `now`, else (None, None)."""
+def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow, *, first_step: bool = False):
+    """(when, why) if the touch may not go out at `now`, else (None, None).
+    `first_step`: step 0, before which no step can exist (step numbers start at 0, in
+    every sequence a lead was ever planned with), so there is no spacing to keep."""
     if not window.allows(now):
         return window.next_allowed_moment(now), "quiet_hours"
     # Keep the sequence's rhythm: a step goes out no sooner after an earlier step that was
     # actually sent than the sequence spaces them. Without this, a lead created at night
     # would get its first text and the "1 hour later" follow-up together at 8:00.
-    spaced = conn.execute(
+    spaced = None if first_step else conn.execute(
         """SELECT max(reserved_at + (%s - due_at)) AS earliest FROM touches
             WHERE lead_id = %s AND step < %s AND status IN ('sending', 'sent', 'unknown')""",
         (touch["due_at"], touch["lead_id"], touch["step"]),
@@ -328,7 +338,6 @@ def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, no
     else:
         outcome = _finish(conn, touch, "unknown", result.detail or "ambiguous", now, from_status=("sending",),
                           code=result.code)
-    complete_if_done(conn, touch["lead_id"], at=now)
     return outcome
 
 
