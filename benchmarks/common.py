@@ -22,6 +22,7 @@ from standardwebhooks import Webhook
 from lead_orchestrator.embedded_pg import EmbeddedPostgres
 from lead_orchestrator.migrations import apply_migrations
 from lead_orchestrator.shops import ShopChanges, create_shop
+from lead_orchestrator.stack import stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,12 +98,7 @@ def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    stop_process_groups([proc], timeout)
 
 
 def venv_bin(name: str) -> str:

@@ -234,8 +234,6 @@ def dagster_daemon(dagster_env, tmp_path_factory):
              timeout=120, interval=0.5, message="the Dagster daemon's first inbox_sensor tick")
     assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
     yield proc, log_path
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    from lead_orchestrator.stack import stop_process_groups
+
+    stop_process_groups([proc], timeout=20)
