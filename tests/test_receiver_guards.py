@@ -201,6 +201,27 @@ def test_an_unexpected_error_is_a_500_with_the_error_body_and_no_secret(app_with
     assert "RuntimeError" in caplog.text and secret not in caplog.text
 
 
+def test_an_unexpected_error_on_the_hot_route_is_the_same_500(app_with, make_shop, admin, caplog, monkeypatch):
+    """The ShopMonkey route is served ahead of FastAPI's stack (hot_route.py); an error
+    there answers as everywhere else, and nothing is stored."""
+    shop = make_shop()
+    secret = shop.webhook_secret.get_secret_value()
+    server = app_with()
+    app = server._server.config.app
+
+    async def boom(tenant_id, event):
+        raise RuntimeError(f"writer broke near {secret}")
+
+    monkeypatch.setattr(app.state.inbox_writer, "store", boom)
+    body = order_body()
+    with caplog.at_level(logging.ERROR):
+        response = post(server, shop.slug, body, signed_headers(secret, body))
+    error = assert_error_body(response, 500)
+    assert error["code"] == "internal_error" and secret not in response.text
+    assert "RuntimeError" in caplog.text and secret not in caplog.text
+    assert inbox_count(admin, shop) == 0
+
+
 def test_metrics_answer_loopback_only_unless_a_token_is_set(app_with):
     open_server = app_with()
     assert httpx.get(f"{open_server.url}/metrics", timeout=5).status_code == 200

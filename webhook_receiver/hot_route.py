@@ -11,7 +11,6 @@ the lifespan, goes through FastAPI as usual. The route stays documented in
 """
 from __future__ import annotations
 
-import logging
 import re
 from functools import partial
 
@@ -20,8 +19,6 @@ from starlette.requests import Request
 
 from webhook_receiver.errors import ApiError, error_response, unexpected_error_response
 from webhook_receiver.guards import BodySizeLimit, ShopRateLimit
-
-log = logging.getLogger(__name__)
 
 # The same paths Starlette's "/webhooks/shopmonkey/{tenant}" would match.
 SHOPMONKEY_WEBHOOK = re.compile(r"/webhooks/shopmonkey/([^/]+)")
