@@ -12,9 +12,10 @@ import json
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from standins.contracts import validator
+from standins.faults import add_fault_routes
 from standins.outbox import add_outbox_routes
 from standins.sendgrid_state import SendGridError, SendGridState
 
@@ -73,11 +74,6 @@ class KeyIn(BaseModel):
     api_key: str
 
 
-class CountIn(BaseModel):
-    count: int = Field(1, ge=0)
-    status: int = 500
-
-
 class EmailsIn(BaseModel):
     emails: list[str]
 
@@ -99,15 +95,7 @@ def _control_routes(state: SendGridState) -> APIRouter:
         state.add_api_key(k.api_key)
         return {"keys": len(state.api_keys)}
 
-    @r.post("/throttle")
-    def throttle(c: CountIn) -> dict:
-        state.throttle_next(c.count)
-        return {"throttle": c.count}
-
-    @r.post("/fail")
-    def fail(c: CountIn) -> dict:
-        state.fail_next(c.count, c.status)
-        return {"fail": c.count, "status": c.status}
+    add_fault_routes(r, state)
 
     @r.post("/bounces")
     def bounces(e: EmailsIn) -> dict:

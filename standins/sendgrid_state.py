@@ -4,9 +4,9 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from standins.faults import FaultsControl, InjectedFaults
 from standins.outbox import Outbox
 from standins.outgoing import OutgoingCalls, PostResult
 from standins.sendgrid_events import EventSigner, make_event
@@ -22,17 +22,12 @@ class SendGridError(Exception):
         return cls(status, [{"message": message, "field": field, "help": help}])
 
 
-@dataclass
-class Modes:
-    throttle: int = 0
-    fail: list[int] = field(default_factory=list)
-
 
 def new_message_id() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")  # 22 characters
 
 
-class SendGridState:
+class SendGridState(FaultsControl):
     def __init__(self, *, event_delay: float = 0.05) -> None:
         self.event_delay = event_delay
         self.api_keys: set[str] = set()  # empty: any non-empty key is accepted
@@ -49,7 +44,7 @@ class SendGridState:
         """Forget mail and injected behaviours; registered keys and the signing key stay."""
         with self._lock:
             self._generation += 1  # events still scheduled for older mail are dropped
-            self.modes = Modes()
+            self.modes = InjectedFaults()
             self.bounce_addresses: set[str] = set()
             self.event_webhook_url: str | None = None  # when set, events follow each accepted mail
         for box in (self.sent, self.rejected, self.event_posts):
@@ -58,14 +53,6 @@ class SendGridState:
     def add_api_key(self, key: str) -> None:
         with self._lock:
             self.api_keys.add(key)
-
-    def throttle_next(self, count: int) -> None:
-        with self._lock:
-            self.modes.throttle += count
-
-    def fail_next(self, count: int, status: int = 500) -> None:
-        with self._lock:
-            self.modes.fail.extend([status] * count)
 
     def add_bounces(self, *emails: str) -> None:
         with self._lock:
@@ -90,15 +77,12 @@ class SendGridState:
             raise SendGridError.one(401, "The provided authorization grant is invalid, expired, or revoked")
 
     def take_injected_failure(self) -> SendGridError | None:
-        with self._lock:
-            if self.modes.throttle > 0:
-                self.modes.throttle -= 1
-                reset_at = str(int(datetime.now(timezone.utc).timestamp()) + 1)
-                return SendGridError(429, [{"field": None, "message": "too many requests"}],
-                                     {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset_at})
-            if self.modes.fail:
-                return SendGridError.one(self.modes.fail.pop(0), "internal server error")
-        return None
+        status = self.take_injected_status()
+        if status == 429:
+            reset_at = str(int(datetime.now(timezone.utc).timestamp()) + 1)
+            return SendGridError(429, [{"field": None, "message": "too many requests"}],
+                                 {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset_at})
+        return SendGridError.one(status, "internal server error") if status else None
 
     def accept(self, mail: dict) -> str:
         """Record a mail that passed the contract and schedule its events; returns X-Message-Id."""

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from standins.connection_drop import DroppableFastAPI, request_drop
 from standins.contracts import validator
+from standins.faults import CountIn, add_fault_routes
 from standins.outbox import add_outbox_routes
 from standins.twilio_state import TwilioError, TwilioState
 
@@ -82,12 +83,6 @@ class AccountIn(BaseModel):
     numbers: list[str] | None = None
 
 
-class CountIn(BaseModel):
-    count: int = Field(1, ge=0)
-    status: int = 500
-    after_seconds: float = 0.0
-
-
 class NumbersIn(BaseModel):
     opted_out: list[str] = []
     invalid: list[str] = []
@@ -111,15 +106,7 @@ def _control_routes(state: TwilioState) -> APIRouter:
         state.add_account(a.account_sid, a.auth_token, a.numbers)
         return {"account_sid": a.account_sid}
 
-    @r.post("/throttle")
-    def throttle(c: CountIn) -> dict:
-        state.throttle_next(c.count)
-        return {"throttle": c.count}
-
-    @r.post("/fail")
-    def fail(c: CountIn) -> dict:
-        state.fail_next(c.count, c.status)
-        return {"fail": c.count, "status": c.status}
+    add_fault_routes(r, state)
 
     @r.post("/drop")
     def drop(c: CountIn) -> dict:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from twilio.request_validator import RequestValidator
 
+from standins.faults import FaultsControl, InjectedFaults
 from standins.outbox import Outbox
 from standins.outgoing import OutgoingCalls, PostResult
 from standins.sms_segments import count_segments
@@ -57,15 +58,13 @@ class Account:
 
 
 @dataclass
-class Modes:
+class Modes(InjectedFaults):
     """Behaviours injected for the next N requests to the Messages endpoint."""
 
-    throttle: int = 0
-    fail: list[int] = field(default_factory=list)  # HTTP statuses, one per request
     drop: list[float] = field(default_factory=list)  # seconds before closing, one per request
 
 
-class TwilioState:
+class TwilioState(FaultsControl):
     def __init__(self, *, callback_delay: float = 0.05, advanced_opt_out: bool = False) -> None:
         self.callback_delay = callback_delay  # between queued -> sent -> delivered
         self.advanced_opt_out = advanced_opt_out  # adds OptOutType to inbound keyword messages
@@ -96,14 +95,6 @@ class TwilioState:
     def add_account(self, account_sid: str, auth_token: str, numbers: list[str] | None = None) -> None:
         with self._lock:
             self.accounts[account_sid] = Account(account_sid, auth_token, frozenset(numbers) if numbers else None)
-
-    def throttle_next(self, count: int) -> None:
-        with self._lock:
-            self.modes.throttle += count
-
-    def fail_next(self, count: int, status: int = 500) -> None:
-        with self._lock:
-            self.modes.fail.extend([status] * count)
 
     def drop_next(self, count: int, after_seconds: float = 0.0) -> None:
         """The next N valid sends are carried out, then the connection closes unanswered."""
@@ -143,14 +134,12 @@ class TwilioState:
         return account or Account(path_sid, password or "")
 
     def take_injected_failure(self) -> TwilioError | None:
-        with self._lock:
-            if self.modes.throttle > 0:
-                self.modes.throttle -= 1
-                return TwilioError(429, 20429, "Too Many Requests")
-            if self.modes.fail:
-                status = self.modes.fail.pop(0)
-                text = "Service Unavailable" if status == 503 else "Internal Server Error"
-                return TwilioError(status, 20000 + status, text)
+        status = self.take_injected_status()
+        if status == 429:
+            return TwilioError(429, 20429, "Too Many Requests")
+        if status:
+            text = "Service Unavailable" if status == 503 else "Internal Server Error"
+            return TwilioError(status, 20000 + status, text)
         return None
 
     def take_drop(self) -> float | None:

@@ -5,8 +5,8 @@ import json
 
 import httpx
 import pytest
-from python_http_client.exceptions import (BadRequestsError, InternalServerError, TooManyRequestsError,
-                                           UnauthorizedError)
+from python_http_client.exceptions import (BadRequestsError, InternalServerError, ServiceUnavailableError,
+                                           TooManyRequestsError, UnauthorizedError)
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.mail import CustomArg, Header, Mail
 
@@ -101,6 +101,17 @@ def test_throttle_and_server_error_modes(servers, client):
         client.send(estimate_mail())
     assert client.send(estimate_mail()).status_code == 202
     assert [r["status"] for r in servers.sendgrid.rejected.items()] == [429, 500]
+
+
+def test_throttle_and_fail_through_the_control_routes(servers, client):
+    assert httpx.post(f"{servers.sendgrid_url}/_standin/throttle", json={"count": 1}).json() == {"throttle": 1}
+    assert httpx.post(f"{servers.sendgrid_url}/_standin/fail", json={"count": 1, "status": 503}).json() == \
+        {"fail": 1, "status": 503}
+    with pytest.raises(TooManyRequestsError):
+        client.send(estimate_mail())
+    with pytest.raises(ServiceUnavailableError):
+        client.send(estimate_mail())
+    assert client.send(estimate_mail()).status_code == 202
 
 
 def test_event_webhook_is_signed_and_reports_bounces(servers, client, receiver):

@@ -90,6 +90,15 @@ def test_throttle_and_server_errors_then_recovery(servers, client):
     assert client.messages.create(to=CUSTOMER, from_=SHOP, body="x").status == "queued"
 
 
+def test_throttle_and_fail_through_the_control_routes(servers, client):
+    assert httpx.post(f"{servers.twilio_url}/_standin/throttle", json={"count": 1}).json() == {"throttle": 1}
+    assert httpx.post(f"{servers.twilio_url}/_standin/fail", json={"count": 1, "status": 500}).json() == \
+        {"fail": 1, "status": 500}
+    assert rest_error(lambda: client.messages.create(to=CUSTOMER, from_=SHOP, body="x")).status == 429
+    assert rest_error(lambda: client.messages.create(to=CUSTOMER, from_=SHOP, body="x")).code == 20500
+    assert client.messages.create(to=CUSTOMER, from_=SHOP, body="x").status == "queued"
+
+
 def test_wrong_credentials_answer_401_20003(servers):
     for sid, token in ((TWILIO_SID, "wrong-token"), ("AC" + "f" * 32, TWILIO_TOKEN)):
         bad = make_twilio_client(sid, token, servers.twilio_url)
