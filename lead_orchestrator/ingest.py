@@ -38,7 +38,7 @@ class EventResult:
     shop_slug: str
     event_id: int
     source: str
-    outcome: str  # new_lead | updated | closed | disqualified | ignored | retry | failed
+    outcome: str  # new_lead | updated | closed | disqualified | ignored | retry | parked | dead
     lead_id: int | None = None
     touches_sent: int = 0
     first_touch_latency_s: float | None = None
@@ -98,11 +98,11 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
 
     try:
         order, customer, vehicle = _fetch(vendors, shop, event)
-    except ShopMonkeyAuthError as exc:
-        return _failed(db, result, str(exc))
-    except (ShopMonkeyError, MissingCredentials) as exc:
-        if isinstance(exc, MissingCredentials) or event["attempts"] >= MAX_EVENT_ATTEMPTS:
-            return _failed(db, result, str(exc))
+    except (ShopMonkeyAuthError, MissingCredentials) as exc:
+        return _set_aside(db, result, "parked", str(exc))
+    except ShopMonkeyError as exc:
+        if event["attempts"] >= MAX_EVENT_ATTEMPTS:
+            return _set_aside(db, result, "dead", str(exc))
         release_event(db, tenant_id, event_id, str(exc))
         result.outcome = "retry"
         return result
@@ -232,8 +232,8 @@ def _send_due(db, vendors, shop, lead, touch_ids: list[int], event, now, result:
 
 
 def _mark_event(conn, event_id: int, status: str, outcome: str | None, error: str | None = None) -> None:
-    conn.execute("UPDATE inbox_events SET status = %s, outcome = %s, error = %s, processed_at = clock_timestamp() "
-                 "WHERE id = %s", (status, outcome, error, event_id))
+    conn.execute("UPDATE inbox_events SET status = %s, outcome = %s, error = %s, processed_at = clock_timestamp(), "
+                 "status_changed_at = clock_timestamp() WHERE id = %s", (status, outcome, error, event_id))
 
 
 def _done(db, result: EventResult, outcome: str, note: str) -> EventResult:
@@ -243,10 +243,11 @@ def _done(db, result: EventResult, outcome: str, note: str) -> EventResult:
     return result
 
 
-def _failed(db, result: EventResult, error: str) -> EventResult:
+def _set_aside(db, result: EventResult, status: str, error: str) -> EventResult:
+    """Parks the event (waiting for credentials) or gives up on it ("dead"), with its reason."""
     with db.tenant_tx(result.tenant_id) as conn:
-        _mark_event(conn, result.event_id, "failed", "failed", error)
-    result.outcome = "failed"
+        _mark_event(conn, result.event_id, status, status, error)
+    result.outcome = status
     return result
 
 

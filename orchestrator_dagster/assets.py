@@ -25,7 +25,7 @@ def leads_materialization(summary: ShopSummary) -> AssetMaterialization:
         "updated": summary.outcomes.get("updated", 0),
         "closed": summary.outcomes.get("closed", 0),
         "suppressed": summary.outcomes.get("disqualified", 0),
-        "failed": summary.outcomes.get("failed", 0) + summary.outcomes.get("retry", 0),
+        "failed": sum(summary.outcomes.get(o, 0) for o in ("parked", "dead", "retry")),
         "lead_ids": MetadataValue.json(summary.lead_ids[:500]),
         "sources": MetadataValue.json(dict(summary.sources)),
     }
