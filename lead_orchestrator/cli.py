@@ -237,3 +237,7 @@ from lead_orchestrator.cli_touchpoints import COMMANDS as _TOUCHPOINT_COMMANDS  
 
 for _command in _TOUCHPOINT_COMMANDS:
     main.add_command(_command)
+
+from lead_orchestrator.cli_replay import replay as _replay  # noqa: E402
+
+main.add_command(_replay)

@@ -1,6 +1,9 @@
 """Storing events in the inbox: the durable hand-off between the receiver (and the
 poll) and the ingest path. A change seen twice — a re-delivered webhook, or a webhook
-and the poll — is stored once, keyed by (table, object id, updatedDate)."""
+and the poll — is stored once, keyed by (table, object id, updatedDate).
+
+De-duplication never swallows a second chance: a new sighting of a change whose event
+is parked or dead revives that event (back to pending, counters reset)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +14,26 @@ import psycopg
 # The payload goes in as JSON text: the receiver already holds the raw body, and
 # re-serialising it would cost more than the insert.
 INSERT_EVENT = """
-    INSERT INTO inbox_events (tenant_id, source, webhook_id, dedup_key, operation, table_name, object_id, payload)
-    VALUES (current_tenant_id(), %s, %s, %s, %s, %s, %s, %s::jsonb)
-    ON CONFLICT DO NOTHING RETURNING id"""
+    WITH revived AS (
+        UPDATE inbox_events
+           SET status = 'pending', available_at = clock_timestamp(), claimed_by = NULL, attempts = 0,
+               unexpected_errors = 0, status_changed_at = clock_timestamp(),
+               error = 'revived by a new ' || %(source)s || ' sighting after: ' || coalesce(error, status)
+         WHERE dedup_key = %(dedup_key)s AND status IN ('parked', 'dead')
+        RETURNING id
+    ), inserted AS (
+        INSERT INTO inbox_events (tenant_id, source, webhook_id, dedup_key, operation, table_name, object_id, payload)
+        SELECT current_tenant_id(), %(source)s, %(webhook_id)s, %(dedup_key)s, %(operation)s, %(table)s,
+               %(object_id)s, %(payload)s::jsonb
+         WHERE NOT EXISTS (SELECT 1 FROM revived)
+        ON CONFLICT DO NOTHING RETURNING id
+    )
+    SELECT id FROM revived UNION ALL SELECT id FROM inserted"""
+
+RELEASE_PARKED = """
+    UPDATE inbox_events SET status = 'pending', available_at = clock_timestamp(), claimed_by = NULL,
+           status_changed_at = clock_timestamp(), error = 'released: ' || coalesce(error, 'parked')
+     WHERE status = 'parked'"""
 
 
 @dataclass(frozen=True)
@@ -32,9 +52,10 @@ class NewEvent:
         # A delete may carry the same updatedDate as the last update; keep it distinct.
         return key + ":DELETE" if self.operation == "DELETE" else key
 
-    def params(self) -> tuple:
-        return (self.source, self.webhook_id, self.dedup_key, self.operation, self.table, self.object_id,
-                self.payload_json)
+    def params(self) -> dict:
+        return {"source": self.source, "webhook_id": self.webhook_id, "dedup_key": self.dedup_key,
+                "operation": self.operation, "table": self.table, "object_id": self.object_id,
+                "payload": self.payload_json}
 
     def batch_item(self, position: int, tenant_id: int) -> str:
         """This event as one element of store_inbox_events()'s JSON array. The payload is
@@ -54,7 +75,7 @@ class NewEvent:
 
 def insert_event(conn: psycopg.Connection, event: NewEvent) -> int | None:
     """Inserts the event for the transaction's tenant. Returns its id, or None when the
-    same delivery or the same change was stored before."""
+    same delivery or the same change was stored before (and is not parked or dead)."""
     row = conn.execute(INSERT_EVENT, event.params()).fetchone()
     if row is None:
         return None
@@ -65,3 +86,9 @@ def store_event(conn: psycopg.Connection, *, source: str, operation: str, table:
                 payload: dict, webhook_id: str | None = None) -> int | None:
     return insert_event(conn, NewEvent.from_row(source=source, operation=operation, table=table, data=data,
                                                 payload=payload, webhook_id=webhook_id))
+
+
+def release_parked_events(conn: psycopg.Connection) -> int:
+    """Gives the transaction's shop's parked events back to the queue (its CRM key was
+    fixed or works again); returns how many."""
+    return conn.execute(RELEASE_PARKED).rowcount

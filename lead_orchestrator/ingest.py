@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from lead_orchestrator import lead_log
+from lead_orchestrator import lead_log, retry_policy
+from lead_orchestrator.crm_errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
+from lead_orchestrator.crm_pace import pacer_for
 from lead_orchestrator.qualification import closing_reason, parse_time, qualify
 from lead_orchestrator.send_window import SendWindow
-from lead_orchestrator.shopmonkey_client import ShopMonkeyAuthError, ShopMonkeyError, ShopMonkeyNotFound
 from lead_orchestrator.shops import Shop, load_shop
 from lead_orchestrator.touches import cancel_pending, due_touch_ids, plan_sequence, send_touches
 from lead_orchestrator.vendors import MissingCredentials
 
 log = logging.getLogger(__name__)
-
-MAX_EVENT_ATTEMPTS = 5
 
 
 def utcnow() -> dt.datetime:
@@ -69,8 +68,8 @@ def process_claimed_events(db, vendors, claimed: list[tuple[int, int]], *, now=u
             results.append(process_event(db, vendors, tenant_id, event_id, now=now))
         except Exception:  # noqa: BLE001 - recorded on the event; the others go on
             log.exception("event %s of tenant %s failed", event_id, tenant_id)
-            release_event(db, tenant_id, event_id, "unexpected error (see run logs)")
-            results.append(EventResult(tenant_id, "?", event_id, "?", "retry"))
+            outcome = release_event(db, tenant_id, event_id, "unexpected error (see run logs)")
+            results.append(EventResult(tenant_id, "?", event_id, "?", outcome))
     return results
 
 
@@ -90,22 +89,29 @@ def summarize(results: list[EventResult]) -> dict[str, ShopSummary]:
 
 def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> EventResult:
     with db.tenant_tx(tenant_id) as conn:
-        event = conn.execute("SELECT * FROM inbox_events WHERE id = %s", (event_id,)).fetchone()
+        event = conn.execute("SELECT e.*, (SELECT health FROM poll_state) AS crm_health "
+                             "FROM inbox_events e WHERE e.id = %s", (event_id,)).fetchone()
         shop = load_shop(conn, tenant_id)
     result = EventResult(tenant_id, shop.slug, event_id, event["source"], "ignored")
     if event["table_name"] != "order":
         return _done(db, result, "ignored", f"table {event['table_name']} is not used")
+    if event["crm_health"] == "unauthorized":
+        # The shop's key was refused moments ago: wait for it to be fixed rather than
+        # spend a request (and a log line) per event on a key we know is bad.
+        return _after_failure(db, result, event, shop, retry_policy.UNAUTHORIZED,
+                              CrmUnauthorized("the shop's CRM credentials were refused; waiting for new ones"), now)
 
     try:
-        order, customer, vehicle = _fetch(vendors, shop, event)
-    except (ShopMonkeyAuthError, MissingCredentials) as exc:
-        return _set_aside(db, result, "parked", str(exc))
-    except ShopMonkeyError as exc:
-        if event["attempts"] >= MAX_EVENT_ATTEMPTS:
-            return _set_aside(db, result, "dead", str(exc))
-        release_event(db, tenant_id, event_id, str(exc))
-        result.outcome = "retry"
-        return result
+        order, customer, vehicle = _fetch(vendors, db, shop, event)
+    except (CrmUnauthorized, MissingCredentials) as exc:
+        _mark_shop_unauthorized(db, tenant_id, str(exc), now())
+        return _after_failure(db, result, event, shop, retry_policy.UNAUTHORIZED, exc, now)
+    except CrmRateLimited as exc:
+        return _after_failure(db, result, event, shop, retry_policy.RATE_LIMITED, exc, now)
+    except (CrmUnavailable, CrmNotFound) as exc:  # not found: the order may not be visible yet
+        return _after_failure(db, result, event, shop, retry_policy.UNAVAILABLE, exc, now)
+    except CrmError as exc:
+        return _after_failure(db, result, event, shop, retry_policy.UNEXPECTED, exc, now)
 
     due: list[int] = []
     with db.tenant_tx(tenant_id) as conn:
@@ -118,12 +124,62 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     return result
 
 
-def _fetch(vendors, shop: Shop, event: dict):
-    client = vendors.shopmonkey(shop)
+def _after_failure(db, result: EventResult, event: dict, shop: Shop, kind: str, exc: Exception, now) -> EventResult:
+    """Applies the retry policy to a failed fetch: back to the queue, parked or dead."""
+    at = now()
+    hint = event["payload"].get("data") or {}
+    deadline = retry_policy.lead_deadline(parse_time(hint.get("createdDate")), event["received_at"],
+                                          shop.max_lead_age_days)
+    decision = retry_policy.after_failure(kind, str(exc), attempts=event["attempts"],
+                                          unexpected_errors=event["unexpected_errors"], now=at,
+                                          deadline=deadline, retry_after=getattr(exc, "retry_after", None))
+    _apply(db, result.tenant_id, result.event_id, decision, unexpected=kind == retry_policy.UNEXPECTED)
+    level = logging.INFO if kind == retry_policy.RATE_LIMITED else logging.WARNING
+    log.log(level, "shop %s order %s (event %s): %s -> %s%s", shop.slug, event["object_id"], result.event_id,
+            decision.reason, decision.action,
+            f" in {decision.delay.total_seconds():.0f}s" if decision.action == "retry" else "")
+    result.outcome = {"retry": "retry", "park": "parked", "dead": "dead"}[decision.action]
+    return result
+
+
+def _apply(db, tenant_id: int, event_id: int, decision: retry_policy.Decision, *, unexpected: bool) -> None:
+    status = {"retry": "pending", "park": "parked", "dead": "dead"}[decision.action]
+    with db.tenant_tx(tenant_id) as conn:
+        conn.execute(
+            """UPDATE inbox_events
+                  SET status = %(status)s, claimed_by = NULL, error = %(reason)s,
+                      outcome = CASE WHEN %(status)s = 'pending' THEN outcome ELSE %(status)s END,
+                      available_at = clock_timestamp() + %(delay)s,
+                      attempts = attempts - CASE WHEN %(spends)s THEN 0 ELSE 1 END,
+                      unexpected_errors = unexpected_errors + CASE WHEN %(unexpected)s THEN 1 ELSE 0 END,
+                      status_changed_at = CASE WHEN status = %(status)s THEN status_changed_at
+                                               ELSE clock_timestamp() END,
+                      processed_at = CASE WHEN %(status)s = 'pending' THEN processed_at ELSE clock_timestamp() END
+                WHERE id = %(id)s""",
+            {"status": status, "reason": decision.reason[:1000], "delay": decision.delay,
+             "spends": decision.spends_attempt, "unexpected": unexpected, "id": event_id},
+        )
+
+
+def _mark_shop_unauthorized(db, tenant_id: int, error: str, now: dt.datetime) -> None:
+    """One refused key parks the whole shop: its other events park without a request,
+    and the poll (which keeps trying the key on its backoff) releases them when it works."""
+    with db.tenant_tx(tenant_id) as conn:
+        conn.execute(
+            """INSERT INTO poll_state (tenant_id, health, last_error, last_error_at, consecutive_errors)
+               VALUES (current_tenant_id(), 'unauthorized', %(error)s, %(now)s, 1)
+               ON CONFLICT (tenant_id) DO UPDATE SET health = 'unauthorized', last_error = EXCLUDED.last_error,
+                   last_error_at = EXCLUDED.last_error_at""",
+            {"error": error[:500], "now": now},
+        )
+
+
+def _fetch(vendors, db, shop: Shop, event: dict):
+    client = vendors.shopmonkey(shop, pacer=pacer_for(db, shop))
     hint = event["payload"].get("data") or {}
     try:
         order = client.get_order(event["object_id"])
-    except ShopMonkeyNotFound:
+    except CrmNotFound:
         if event["operation"] != "DELETE":
             raise
         order = {**hint, "deleted": True}
@@ -138,7 +194,7 @@ def _fetch(vendors, shop: Shop, event: dict):
     if order.get("vehicleId") and not order.get("generatedVehicleName"):
         try:
             vehicle = client.get_vehicle(order["vehicleId"])
-        except ShopMonkeyNotFound:
+        except CrmNotFound:
             vehicle = None  # the generated vehicle name on the order is enough
     return order, customer, vehicle
 
@@ -243,21 +299,19 @@ def _done(db, result: EventResult, outcome: str, note: str) -> EventResult:
     return result
 
 
-def _set_aside(db, result: EventResult, status: str, error: str) -> EventResult:
-    """Parks the event (waiting for credentials) or gives up on it ("dead"), with its reason."""
-    with db.tenant_tx(result.tenant_id) as conn:
-        _mark_event(conn, result.event_id, status, status, error)
-    result.outcome = status
-    return result
-
-
-def release_event(db, tenant_id: int, event_id: int, error: str) -> None:
-    """Gives the event back to the queue; it is claimed again after a backoff that grows
-    with its attempts (2 s, 4 s, 8 s, … capped at 5 minutes)."""
+def release_event(db, tenant_id: int, event_id: int, error: str) -> str:
+    """An unexpected error escaped processing (a bug, a database hiccup): the event goes
+    back to the queue with backoff, and after a few such errors it is dead-lettered with
+    its reason rather than retried forever. Returns the outcome ("retry" or "dead")."""
     with db.tenant_tx(tenant_id) as conn:
-        conn.execute(
-            """UPDATE inbox_events SET status = 'pending', claimed_by = NULL, error = %s,
-                      available_at = clock_timestamp() + least(300, 2 ^ attempts) * interval '1 second'
-                WHERE id = %s""",
-            (error, event_id),
-        )
+        event = conn.execute("SELECT e.object_id, e.unexpected_errors, t.slug FROM inbox_events e "
+                             "JOIN tenants t ON t.id = e.tenant_id WHERE e.id = %s", (event_id,)).fetchone()
+    if event is None:
+        return "retry"
+    decision = retry_policy.after_failure(retry_policy.UNEXPECTED, error, attempts=0,
+                                          unexpected_errors=event["unexpected_errors"], now=utcnow(),
+                                          deadline=utcnow())
+    _apply(db, tenant_id, event_id, decision, unexpected=True)
+    log.warning("shop %s order %s (event %s): %s -> %s", event["slug"], event["object_id"], event_id,
+                decision.reason, decision.action)
+    return "dead" if decision.action == "dead" else "retry"

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from lead_orchestrator.inbox import store_event
-from lead_orchestrator.qualification import parse_time
-from lead_orchestrator.shopmonkey_client import ShopMonkeyAuthError, ShopMonkeyError
+from lead_orchestrator.crm_errors import CrmError, CrmRateLimited, CrmUnauthorized
+from lead_orchestrator.crm_pace import pacer_for
+from lead_orchestrator.inbox import release_parked_events, store_event
 from lead_orchestrator.shops import load_shop
 from lead_orchestrator.vendors import MissingCredentials
 
@@ -54,12 +54,13 @@ class ShopPoll:
 
     tenant_id: int
     slug: str | None = None
-    outcome: str = "ok"  # ok | unauthorized | failing | not_reached | error
+    outcome: str = "ok"  # ok | rate_limited | unauthorized | failing | not_reached | error
     since: dt.datetime | None = None
     watermark: dt.datetime | None = None
     received: int = 0  # rows the API returned
     kept: int = 0  # rows inside the window, de-duplicated
-    stored: int = 0  # new inbox events (the rest were already there)
+    stored: int = 0  # new inbox events, or failed ones revived (the rest were already there)
+    released: int = 0  # parked events given back because the shop's key works again
     requests: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -200,37 +201,50 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_dead
     result.since = window_start(watermark, connected_at["created_at"], shop.max_lead_age_days, now, config.overlap)
 
     try:
-        client = vendors.shopmonkey(shop, http=http)
+        client = vendors.shopmonkey(shop, http=http, pacer=pacer_for(db, shop))
     except MissingCredentials as exc:
         return _record_failure(db, result, exc, errors, now)
     try:
         scan = client.scan_orders_updated_since(result.since, deadline=deadline)
-    except ShopMonkeyError as exc:
+    except CrmError as exc:
         result.requests = client.requests_made
         return _record_failure(db, result, exc, errors, now)
 
     result.requests, result.received, result.kept = scan.requests, scan.received, len(scan.rows)
     floor = watermark if watermark is not None else result.since + config.overlap
-    newest = max((parse_time(r["updatedDate"]) for r in scan.rows), default=floor)
-    # Never past our own clock: a row stamped in the future must not hide later changes.
-    result.watermark = min(max(floor, newest), now)
+    # The watermark moves only as far as the reading is complete (an interrupted scan
+    # stops at its last full page), and never past our own clock: a row stamped in the
+    # future must not hide later changes.
+    result.watermark = min(max(floor, scan.read_below or floor), now)
     with db.tenant_tx(tenant_id) as conn:
         for row in scan.rows:
             operation = "DELETE" if row.get("deleted") else "UPDATE"
             payload = {"apiVersion": "3", "operation": operation, "table": "order", "data": row}
             if store_event(conn, source="poll", operation=operation, table="order", data=row, payload=payload):
                 result.stored += 1
-        conn.execute(
-            """INSERT INTO poll_state (tenant_id, watermark, last_polled_at, last_success_at, consecutive_errors,
-                                       health, next_poll_at, last_rows_received, last_rows_kept)
-               VALUES (current_tenant_id(), %(wm)s, %(now)s, %(now)s, 0, 'ok', NULL, %(received)s, %(kept)s)
-               ON CONFLICT (tenant_id) DO UPDATE SET
-                   watermark = GREATEST(poll_state.watermark, EXCLUDED.watermark),
-                   last_polled_at = EXCLUDED.last_polled_at, last_success_at = EXCLUDED.last_success_at,
-                   consecutive_errors = 0, health = 'ok', next_poll_at = NULL,
-                   last_rows_received = EXCLUDED.last_rows_received, last_rows_kept = EXCLUDED.last_rows_kept""",
-            {"wm": result.watermark, "now": now, "received": scan.received, "kept": len(scan.rows)},
-        )
+        if scan.error is None:
+            conn.execute(
+                """INSERT INTO poll_state (tenant_id, watermark, last_polled_at, last_success_at, consecutive_errors,
+                                           health, next_poll_at, last_rows_received, last_rows_kept)
+                   VALUES (current_tenant_id(), %(wm)s, %(now)s, %(now)s, 0, 'ok', NULL, %(received)s, %(kept)s)
+                   ON CONFLICT (tenant_id) DO UPDATE SET
+                       watermark = GREATEST(poll_state.watermark, EXCLUDED.watermark),
+                       last_polled_at = EXCLUDED.last_polled_at, last_success_at = EXCLUDED.last_success_at,
+                       consecutive_errors = 0, health = 'ok', next_poll_at = NULL,
+                       last_rows_received = EXCLUDED.last_rows_received, last_rows_kept = EXCLUDED.last_rows_kept""",
+                {"wm": result.watermark, "now": now, "received": scan.received, "kept": len(scan.rows)},
+            )
+            # The key works: whatever waited for it goes back to the queue now.
+            result.released = release_parked_events(conn)
+        else:  # what was read is stored; the rest is read again from the watermark next time
+            conn.execute("""INSERT INTO poll_state (tenant_id, watermark) VALUES (current_tenant_id(), %(wm)s)
+                            ON CONFLICT (tenant_id) DO UPDATE
+                            SET watermark = GREATEST(poll_state.watermark, EXCLUDED.watermark)""",
+                         {"wm": result.watermark})
+    if scan.error is not None:
+        return _record_failure(db, result, scan.error, errors, now)
+    if result.released:
+        log.info("shop %s: its CRM key works again; %s parked events released", shop.slug, result.released)
     if scan.received > 2 * len(scan.rows) + 100:
         log.warning("shop %s: ShopMonkey returned %s rows for a window holding %s; is the filter ignored?",
                     shop.slug, scan.received, len(scan.rows))
@@ -238,7 +252,9 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_dead
 
 
 def _record_failure(db, result: ShopPoll, exc: Exception, errors_before: int, now: dt.datetime) -> ShopPoll:
-    unauthorized = isinstance(exc, ShopMonkeyAuthError)
+    if isinstance(exc, CrmRateLimited):
+        return _record_rate_limited(db, result, exc, now)
+    unauthorized = isinstance(exc, (CrmUnauthorized, MissingCredentials))
     result.outcome = "unauthorized" if unauthorized else "failing"
     result.error = str(exc)
     errors = errors_before + 1
@@ -259,4 +275,18 @@ def _record_failure(db, result: ShopPoll, exc: Exception, errors_before: int, no
             {"now": now, "error": result.error[:500], "health": "unauthorized" if unauthorized else "failing",
              "next": now + wait if wait else None},
         )
+    return result
+
+
+def _record_rate_limited(db, result: ShopPoll, exc: CrmRateLimited, now: dt.datetime) -> ShopPoll:
+    """A 429 (or our own pacer) is a pace, not a failure: the shop's health and error
+    count stay as they are; it is polled again once the wait is over."""
+    result.outcome, result.error = "rate_limited", str(exc)
+    wait = dt.timedelta(seconds=max(1.0, exc.retry_after or 1.0))
+    with db.tenant_tx(result.tenant_id) as conn:
+        conn.execute("""INSERT INTO poll_state (tenant_id, last_polled_at, next_poll_at)
+                        VALUES (current_tenant_id(), %(now)s, %(next)s)
+                        ON CONFLICT (tenant_id) DO UPDATE SET last_polled_at = EXCLUDED.last_polled_at,
+                            next_poll_at = EXCLUDED.next_poll_at""", {"now": now, "next": now + wait})
+    log.info("poll of shop %s: rate limited, next poll in %.0fs", result.slug, wait.total_seconds())
     return result

@@ -8,12 +8,13 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
+from lead_orchestrator.crm_errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 from lead_orchestrator.qualification import parse_time
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
@@ -21,28 +22,28 @@ PAGE_SIZE = 100  # the API's cap; asking for more silently returns 100
 MAX_RETRY_AFTER_SECONDS = 30.0
 
 
-class ShopMonkeyError(RuntimeError):
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
+class ShopMonkeyError(CrmError):
+    """An answer the client did not expect (e.g. a non-JSON body): see crm_errors."""
 
 
-class ShopMonkeyAuthError(ShopMonkeyError):
+class ShopMonkeyAuthError(ShopMonkeyError, CrmUnauthorized):
     """The shop's API key is wrong or was revoked (401/403)."""
 
 
-class ShopMonkeyNotFound(ShopMonkeyError):
+class ShopMonkeyNotFound(ShopMonkeyError, CrmNotFound):
     pass
 
 
-class ShopMonkeyTimeout(ShopMonkeyError):
+class _Retryable(ShopMonkeyError, CrmUnavailable):
+    """Connection failures, timeouts and 502/503/504: worth another try."""
+
+
+class ShopMonkeyTimeout(_Retryable):
     """The caller's time budget ran out before the answer was complete."""
 
 
-class _Retryable(ShopMonkeyError):
-    def __init__(self, message: str, status: int | None, retry_after: float | None):
-        super().__init__(message, status)
-        self.retry_after = retry_after
+class ShopMonkeyRateLimited(_Retryable, CrmRateLimited):
+    """HTTP 429."""
 
 
 def since_filter(since: dt.datetime) -> dict[str, Any]:
@@ -59,6 +60,14 @@ class OrderScan:
     rows: list[dict[str, Any]]  # inside the window, oldest first, each (id, updatedDate) once
     received: int  # rows the API returned, before our own filter
     requests: int  # list requests made (pages, plus retries)
+    # Every change stamped before this moment has been read. Equal to the newest row's
+    # stamp when the scan finished; earlier when it was interrupted (then `error` says why).
+    read_below: dt.datetime | None = None
+    error: CrmError | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None
 
 
 def _wait(state: RetryCallState) -> float:
@@ -88,14 +97,18 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class ShopMonkeyClient:
+    """`pacer` (a crm_pace.CrmPacer, optional) spaces this shop's requests across every
+    process and learns from its 429s; without one, a 429's Retry-After is waited out here."""
+
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0,
-                 max_attempts: int = 4, http: httpx.Client | None = None):
+                 max_attempts: int = 4, http: httpx.Client | None = None, pacer=None):
         self._http = http or httpx.Client(timeout=timeout)
         self._owns_http = http is None
         self._timeout = timeout
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._max_attempts = max_attempts
+        self._pacer = pacer
         self.requests_made = 0
 
     def close(self) -> None:
@@ -121,38 +134,76 @@ class ShopMonkeyClient:
     # --- lists ------------------------------------------------------------------
     def orders_updated_since(self, since: dt.datetime) -> list[dict[str, Any]]:
         """Every order with updatedDate >= since, oldest first, each (id, updatedDate) once."""
-        return self.scan_orders_updated_since(since).rows
+        scan = self.scan_orders_updated_since(since)
+        if scan.error is not None:
+            raise scan.error
+        return scan.rows
 
     def scan_orders_updated_since(self, since: dt.datetime, *, deadline: float | None = None) -> OrderScan:
-        """Pages through the orders changed since `since` until `meta.hasMore` is false.
+        """Reads the orders changed since `since`, oldest first, by keyset: each page asks
+        again for `updatedDate >= <newest stamp read so far>` instead of skipping rows by
+        offset. An order edited while we page moves to a later stamp, where a later page
+        (or the next cycle) finds it; with offset paging the rows behind it would shift
+        one place and one of them would never be read.
 
         Filters, sorts and de-duplicates again on our side: the API may ignore the filter
-        or the sort, and a table that changes while we page can repeat rows. `deadline`
-        (a time.monotonic() value) bounds the whole scan, waits for Retry-After included;
-        past it, ShopMonkeyTimeout (or the last retryable error) is raised.
+        or the sort. If it visibly ignores the filter, the scan falls back to reading the
+        whole list by offset (likewise if it ignores the sort). `deadline` (a time.monotonic() value) bounds the whole
+        scan, waits included. An error after some pages returns what was read, with
+        `error` set and `read_below` saying how far the reading is complete; an error
+        before anything was read is raised.
         """
         before = self.requests_made
         received = 0
         seen: dict[tuple[str, str], dict[str, Any]] = {}
-        for row in self._pages("/v3/order", deadline, where=since_filter(since), orderby={"updatedDate": "asc"}):
-            received += 1
-            updated = parse_time(row.get("updatedDate"))
-            if updated is None or updated < since or not row.get("id"):
-                continue
-            seen.setdefault((row["id"], row["updatedDate"]), row)
+        cursor, skip = since, 0
+        error: CrmError | None = None
+        try:
+            while True:
+                query = {"where": json.dumps(since_filter(cursor)), "orderby": json.dumps({"updatedDate": "asc"})}
+                body = self._get("/v3/order", deadline=deadline, params={**query, "limit": PAGE_SIZE, "skip": skip})
+                page = body.get("data") or []
+                received += len(page)
+                stamps = [parse_time(r.get("updatedDate")) for r in page]
+                if any(t is None or t < cursor for t in stamps) or stamps != sorted(stamps):
+                    # The API ignored our filter or our sort: a keyset over it would skip rows.
+                    # On the first page the query is still the one we would page by offset:
+                    # keep what it sent and read on from there.
+                    first = cursor == since and skip == 0
+                    rest = self._offset_scan(query, deadline, skip=len(page) if first else 0)
+                    received += len(rest)
+                    for row in (page if first else []) + rest:
+                        _keep(seen, row, since)
+                    cursor = None
+                    break
+                for row in page:
+                    _keep(seen, row, since)
+                if not (body.get("meta") or {}).get("hasMore") or not page:
+                    cursor = None
+                    break
+                newest = max(stamps)
+                # A full page of one stamp cannot move the cursor: step over it by offset.
+                skip = skip + len(page) if newest == cursor else 0
+                cursor = newest
+        except CrmError as exc:
+            if not received:
+                raise
+            error = exc
         rows = sorted(seen.values(), key=lambda r: (parse_time(r["updatedDate"]), r["id"]))
-        return OrderScan(rows, received, self.requests_made - before)
+        newest_read = parse_time(rows[-1]["updatedDate"]) if rows else None
+        read_below = cursor if error is not None else newest_read
+        return OrderScan(rows, received, self.requests_made - before, read_below, error)
 
-    def _pages(self, path: str, deadline: float | None = None, **query: Any) -> Iterator[dict[str, Any]]:
-        params = {k: json.dumps(v) for k, v in query.items()}
-        skip = 0
+    def _offset_scan(self, query: dict[str, str], deadline: float | None, skip: int) -> list[dict[str, Any]]:
+        """The whole list by offset (the API ignored our filter or sort): slow but complete."""
+        rows = []
         while True:
-            body = self._get(path, params={**params, "limit": PAGE_SIZE, "skip": skip}, deadline=deadline)
-            rows = body.get("data") or []
-            yield from rows
-            if not (body.get("meta") or {}).get("hasMore") or not rows:
-                return
-            skip += len(rows)
+            body = self._get("/v3/order", deadline=deadline, params={**query, "limit": PAGE_SIZE, "skip": skip})
+            page = body.get("data") or []
+            rows += page
+            if not (body.get("meta") or {}).get("hasMore") or not page:
+                return rows
+            skip += len(page)
 
     # --- transport -------------------------------------------------------------
     def _get(self, path: str, params: dict[str, Any] | None = None, *,
@@ -160,9 +211,18 @@ class ShopMonkeyClient:
         stop = stop_after_attempt(self._max_attempts)
         if deadline is not None:
             stop = stop | _StopBefore(deadline)  # never sleep past the caller's budget
+        pacer = self._pacer
 
-        @retry(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)), wait=_wait, stop=stop, reraise=True)
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if pacer is not None and isinstance(exc, ShopMonkeyRateLimited):
+                return 0.0  # the shared pacer decides how long every caller for this shop waits
+            return _wait(state)
+
+        @retry(retry=retry_if_exception(lambda e: isinstance(e, _Retryable)), wait=wait, stop=stop, reraise=True)
         def attempt() -> dict[str, Any]:
+            if pacer is not None:
+                pacer.wait_for_slot()  # CrmRateLimited when the shop's next slot is far off
             timeout = self._timeout
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
@@ -172,7 +232,12 @@ class ShopMonkeyClient:
             try:
                 response = self._http.get(self._base + path, params=params, headers=self._headers, timeout=timeout)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                raise _Retryable(f"ShopMonkey {path}: {type(exc).__name__}", None, None) from exc
+                raise _Retryable(f"ShopMonkey {path}: {type(exc).__name__}") from exc
+            if response.status_code == 429:
+                retry_after = _retry_after(response)
+                if pacer is not None:
+                    pacer.rate_limited(retry_after)
+                raise ShopMonkeyRateLimited(f"ShopMonkey {path}: HTTP 429", 429, retry_after)
             return self._parse(path, response)
 
         return attempt()
@@ -190,6 +255,14 @@ class ShopMonkeyClient:
             body = response.json()
         except ValueError:
             raise ShopMonkeyError(f"ShopMonkey {path}: HTTP {status} with a non-JSON body", status) from None
+        if status >= 500:
+            raise _Retryable(f"ShopMonkey {path}: HTTP {status} {body.get('message', '')}".strip(), status)
         if status >= 400 or not body.get("success", False):
             raise ShopMonkeyError(f"ShopMonkey {path}: HTTP {status} {body.get('message', '')}".strip(), status)
         return body
+
+
+def _keep(seen: dict, row: dict[str, Any], since: dt.datetime) -> None:
+    updated = parse_time(row.get("updatedDate"))
+    if updated is not None and updated >= since and row.get("id"):
+        seen.setdefault((row["id"], row["updatedDate"]), row)

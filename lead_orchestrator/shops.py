@@ -180,10 +180,15 @@ def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
     if not values:
         return get_shop(conn, slug, box)
     sets = ", ".join(f"{c} = %({c})s" for c in values)
-    row = conn.execute(
-        f"UPDATE tenants SET {sets}, updated_at = now() WHERE slug = %(slug)s RETURNING {_COLUMNS}",
-        _adapt({**values, "slug": slug}),
-    ).fetchone()
+    with conn.transaction():
+        row = conn.execute(
+            f"UPDATE tenants SET {sets}, updated_at = now() WHERE slug = %(slug)s RETURNING {_COLUMNS}",
+            _adapt({**values, "slug": slug}),
+        ).fetchone()
+        if row and "shopmonkey_api_key" in values:
+            from lead_orchestrator.replay import credentials_changed
+
+            credentials_changed(conn, row["id"])
     return shop_from_row(row, box) if row else None
 
 

@@ -24,11 +24,13 @@ class Vendors:
     secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def shopmonkey(self, shop: Shop, *, http=None) -> ShopMonkeyClient:
+    def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
+        """`pacer`: the shop's crm_pace.CrmPacer (shared by every caller in every process)."""
         key = _secret(shop, "shopmonkey_api_key")
         if http is not None:  # a shared connection pool (the poll): cheap to build, nothing to cache
-            return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http)
-        return self._cached(("sm", shop.id, key), lambda: ShopMonkeyClient(self.shopmonkey_base_url, key))
+            return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http, pacer=pacer)
+        return self._cached(("sm", shop.id, key, pacer is not None),
+                            lambda: ShopMonkeyClient(self.shopmonkey_base_url, key, pacer=pacer))
 
     def sms(self, shop: Shop) -> TwilioSender:
         token = _secret(shop, "twilio_auth_token")

@@ -5,13 +5,14 @@ from dagster import Definitions, EnvVar
 
 from orchestrator_dagster.assets import leads
 from orchestrator_dagster.jobs import ingest_job, touchpoints_job
+from orchestrator_dagster.replay import replay_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.schedules import touchpoints_schedule
 from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
 
 defs = Definitions(
     assets=[leads],
-    jobs=[ingest_job, touchpoints_job],
+    jobs=[ingest_job, touchpoints_job, replay_job],
     sensors=[inbox_sensor, poll_sensor],
     schedules=[touchpoints_schedule],
     resources={

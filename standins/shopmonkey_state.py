@@ -109,6 +109,11 @@ class ShopMonkeyState:
         with self._lock:
             self._shop(api_key).revoked = True
 
+    def restore_key(self, api_key: str) -> None:
+        """Undo revoke_key: the shop fixed its key (same value, accepted again)."""
+        with self._lock:
+            self._shop(api_key).revoked = False
+
     def inject_failures(self, count: int = 1, status: int | None = 503, *, hang_seconds: float = 0.0,
                         api_key: str | None = None) -> None:
         """The next `count` API requests wait `hang_seconds`, then answer `status`

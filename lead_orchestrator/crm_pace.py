@@ -1,0 +1,92 @@
+"""Pacing calls to one shop's CRM across every process that makes them (the dispatcher's
+workers, ingest runs, the poll), so that a burst of estimates is spread at the rate the
+CRM accepts instead of turning into a storm of 429s.
+
+The state is one `crm_pace` row per shop: the next free request slot and the current
+spacing. A caller reserves a slot in one statement (the row lock orders concurrent
+callers) and sleeps until it; a slot further away than `max_wait` is not taken — the
+caller gets `CrmRateLimited` and gives its event back to the queue, so no worker sits
+idle on one busy shop while others wait. A 429 doubles the spacing and pushes the next
+slot past the CRM's Retry-After; each granted slot shrinks the spacing by 1 % back
+towards the shop's base rate. So a shop's calls settle just under whatever limit its CRM
+enforces, published or not. A caller whose slot was granted before a 429 arrived asks
+again after its wait instead of walking into the same limit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from lead_orchestrator.crm_errors import CrmRateLimited
+
+DEFAULT_REQUESTS_PER_SECOND = 10.0  # ShopMonkey publishes no limit; ~100 quick calls pass
+MAX_INTERVAL_MS = 5000.0
+RECOVERY = 0.99  # each granted slot brings the spacing 1 % back towards the base rate
+
+_LOCK_ROW = """
+    WITH created AS (
+        INSERT INTO crm_pace (tenant_id, next_slot, interval_ms)
+        VALUES (current_tenant_id(), clock_timestamp(), %(base)s) ON CONFLICT (tenant_id) DO NOTHING)
+    SELECT 1"""
+_READ = "SELECT next_slot, interval_ms, clock_timestamp() AS now FROM crm_pace FOR UPDATE"
+_TAKE = "UPDATE crm_pace SET next_slot = %(next)s, interval_ms = %(interval)s"
+_LIMITED_SINCE = "SELECT coalesce(limited_at > %(since)s, false) AS limited FROM crm_pace"
+
+_LIMITED = """
+    INSERT INTO crm_pace AS p (tenant_id, next_slot, interval_ms, limited_at, limited_count)
+    VALUES (current_tenant_id(), clock_timestamp() + %(after)s * interval '1 second', %(base)s * 2,
+            clock_timestamp(), 1)
+    ON CONFLICT (tenant_id) DO UPDATE SET
+        -- The requests in flight when the limit hit all come back 429: slow down once
+        -- per second of 429s, not once per answer.
+        interval_ms = CASE WHEN p.limited_at > clock_timestamp() - interval '1 second' THEN p.interval_ms
+                           ELSE least(%(max_ms)s, p.interval_ms * 2) END,
+        next_slot = greatest(p.next_slot, clock_timestamp() + %(after)s * interval '1 second'),
+        limited_at = clock_timestamp(), limited_count = p.limited_count + 1"""
+
+
+@dataclass
+class CrmPacer:
+    """One shop's pacer. `db` is a lead_orchestrator.db.Database."""
+
+    db: object
+    tenant_id: int
+    requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND
+    max_wait_s: float = 2.0
+
+    @property
+    def base_interval_ms(self) -> float:
+        return 1000.0 / max(0.01, self.requests_per_second)
+
+    def wait_for_slot(self, sleep=time.sleep) -> None:
+        """Blocks until this caller's slot (at most `max_wait_s`), or raises CrmRateLimited."""
+        while True:
+            with self.db.tenant_tx(self.tenant_id) as conn:
+                conn.execute(_LOCK_ROW, {"base": self.base_interval_ms})
+                row = conn.execute(_READ).fetchone()
+                start = max(row["next_slot"], row["now"])
+                wait = (start - row["now"]).total_seconds()
+                if wait > self.max_wait_s:
+                    raise CrmRateLimited("paced: this shop's CRM budget is spent for now", retry_after=wait)
+                interval = max(self.base_interval_ms, row["interval_ms"] * RECOVERY)
+                conn.execute(_TAKE, {"next": start + dt.timedelta(milliseconds=interval), "interval": interval})
+            if wait <= 0:
+                return
+            sleep(wait)
+            with self.db.tenant_tx(self.tenant_id) as conn:
+                hit = conn.execute(_LIMITED_SINCE, {"since": row["now"]}).fetchone()
+            if not hit["limited"]:
+                return
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        """The CRM answered 429: every caller for this shop slows down."""
+        with self.db.tenant_tx(self.tenant_id) as conn:
+            conn.execute(_LIMITED, {"after": retry_after if retry_after is not None else 1.0,
+                                    "base": self.base_interval_ms, "max_ms": MAX_INTERVAL_MS})
+
+
+def pacer_for(db, shop) -> CrmPacer:
+    """The shop's pacer; `crm_requests_per_second` in the shop's settings overrides the default."""
+    rate = (shop.settings or {}).get("crm_requests_per_second") or DEFAULT_REQUESTS_PER_SECOND
+    return CrmPacer(db, shop.id, float(rate))
