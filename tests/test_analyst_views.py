@@ -243,3 +243,15 @@ def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(tmp_path_fac
                 analyst.execute("SELECT * FROM public.leads")
     finally:
         server.stop()
+
+
+def test_the_example_queries_of_the_docs_run_as_the_analyst(analyst):
+    """docs/analysts.md stays true: each example query runs as the analyst."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "analysts.md").read_text()
+    queries = [q for q in re.findall(r"```sql\n(.*?)```", text, re.S) if "ROLE" not in q]
+    assert len(queries) >= 6
+    for query in queries:
+        analyst.execute(query).fetchall()
