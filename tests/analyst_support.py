@@ -6,8 +6,10 @@ import base64
 import datetime as dt
 import os
 import uuid
+from contextlib import contextmanager
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from lead_orchestrator.shops import ShopChanges, create_shop
@@ -155,3 +157,14 @@ def build(admin) -> dict:
     set_poll_state(admin, b.id, last_polled_at=T0 + 95 * S, last_success_at=T0 - H, consecutive_errors=3,
                    last_error=KEY_REFUSED, last_error_at=T0 + 95 * S, health="unauthorized")
     return ids
+
+
+@contextmanager
+def built_database(pg, prefix: str):
+    """A database of its own holding exactly `build`'s rows: (url, what build returned)."""
+    from tests.conftest import scratch_database
+
+    with scratch_database(pg, prefix) as url:
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as admin:
+            data = build(admin)
+        yield url, data

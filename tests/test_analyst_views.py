@@ -13,18 +13,16 @@ import pytest
 from psycopg.rows import dict_row
 
 from lead_orchestrator.shops import SECRET_FIELDS
-from tests.analyst_support import H, KEY_REFUSED, S, T0, build
-from tests.conftest import scratch_database
+from tests.analyst_support import H, KEY_REFUSED, S, T0, build, built_database
+from tests.test_isolation import plain_owner_url  # noqa: F401 - a fresh cluster migrated by a plain user
 
 VIEWS = ("shops", "leads", "messages", "first_touch", "shop_health")
 
 
 @pytest.fixture(scope="module")
 def analyst_db(pg):
-    with scratch_database(pg, "analyst") as url:
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as admin:
-            data = build(admin)
-        yield url, data
+    with built_database(pg, "analyst") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
@@ -219,30 +217,24 @@ def test_the_application_role_still_sees_one_tenant_and_no_view(admin):
         admin.execute("RESET ROLE")
 
 
-def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(tmp_path_factory):
+def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(plain_owner_url):
     """The views read as their owner, past RLS because it owns the tables (not because it
     is a superuser): on a managed PostgreSQL the migrating user is a plain one."""
-    from lead_orchestrator.embedded_pg import EmbeddedPostgres
     from lead_orchestrator.migrations import apply_migrations
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg_plain_owner")).start()
-    try:
-        with psycopg.connect(server.url("postgres"), autocommit=True) as su:
-            su.execute("CREATE ROLE plain_owner LOGIN CREATEROLE NOSUPERUSER NOBYPASSRLS")
-            su.execute("CREATE DATABASE analyst_plain OWNER plain_owner")
-        url = server.url("analyst_plain").replace("postgres@", "plain_owner@", 1)
-        apply_migrations(url)
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as owner:
-            data = build(owner)
-            owner.execute("CREATE ROLE plain_analyst LOGIN IN ROLE lead_analyst")
-        with psycopg.connect(url.replace("plain_owner@", "plain_analyst@", 1), row_factory=dict_row) as analyst:
-            stages = analyst.execute("SELECT lead_id, funnel_stage FROM analytics.leads").fetchall()
-            assert {r["lead_id"]: r["funnel_stage"] for r in stages} == data["stage"]
-            assert analyst.execute("SELECT count(*) AS n FROM analytics.shop_health").fetchone()["n"] == 3
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                analyst.execute("SELECT * FROM public.leads")
-    finally:
-        server.stop()
+    apply_migrations(plain_owner_url)
+    with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:
+        assert not owner.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()["rolsuper"]
+        data = build(owner)
+        owner.execute("CREATE ROLE plain_analyst LOGIN IN ROLE lead_analyst")
+    login = plain_owner_url.replace("lead_owner@", "plain_analyst@", 1)
+    with psycopg.connect(login, row_factory=dict_row) as analyst:
+        stages = analyst.execute("SELECT lead_id, funnel_stage FROM analytics.leads").fetchall()
+        assert {r["lead_id"]: r["funnel_stage"] for r in stages} == data["stage"]
+        assert analyst.execute("SELECT count(*) AS n FROM analytics.shop_health").fetchone()["n"] == 3
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            analyst.execute("SELECT * FROM public.leads")
+
 
 
 def test_the_example_queries_of_the_docs_run_as_the_analyst(analyst):

@@ -8,21 +8,17 @@ import json
 import psycopg
 import pytest
 from click.testing import CliRunner
-from psycopg.rows import dict_row
 
 from lead_orchestrator.cli import main
 from lead_orchestrator.cli_status import problems
 from lead_orchestrator.settings import get_settings
-from tests.analyst_support import H, KEY_REFUSED, S, T0, build
-from tests.conftest import scratch_database
+from tests.analyst_support import H, KEY_REFUSED, S, T0, built_database
 
 
 @pytest.fixture(scope="module")
 def status_db(pg):
-    with scratch_database(pg, "status") as url:
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as admin:
-            data = build(admin)
-        yield url, data
+    with built_database(pg, "status") as found:
+        yield found
 
 
 @pytest.fixture
