@@ -178,7 +178,8 @@ def shops() -> None:
     pass
 
 
-@shops.command("add")
+@shops.command("add", help="Add a shop with its credentials (secrets are stored encrypted and never "
+                              "printed back); prints the shop as JSON.")
 @click.argument("slug")
 @_shop_options
 def shops_add(slug: str, **values) -> None:
@@ -196,7 +197,7 @@ def shops_add(slug: str, **values) -> None:
     click.echo(json.dumps(_describe(shop), indent=2))
 
 
-@shops.command("update")
+@shops.command("update", help="Change any of a shop's settings or credentials; prints the shop as JSON.")
 @click.argument("slug")
 @_shop_options
 def shops_update(slug: str, **values) -> None:
@@ -209,7 +210,7 @@ def shops_update(slug: str, **values) -> None:
     click.echo(json.dumps(_describe(shop), indent=2))
 
 
-@shops.command("list")
+@shops.command("list", help="One line per shop: slug, name, time zone, active or not.")
 def shops_list() -> None:
     with database_url_for(get_settings()) as (url, _):
         apply_migrations(url)
@@ -221,7 +222,7 @@ def shops_list() -> None:
         click.echo(f"{shop.slug:24} {shop.name:30} {shop.time_zone:20} {'active' if shop.active else 'inactive'}")
 
 
-@shops.command("show")
+@shops.command("show", help="Print a shop as JSON (secrets only as set / not set).")
 @click.argument("slug")
 def shops_show(slug: str) -> None:
     with database_url_for(get_settings()) as (url, _):
@@ -238,6 +239,14 @@ from lead_orchestrator.cli_touchpoints import COMMANDS as _TOUCHPOINT_COMMANDS  
 for _command in _TOUCHPOINT_COMMANDS:
     main.add_command(_command)
 
+# --- operators: replay parked/dead inbox events (cli_replay.py) ---
 from lead_orchestrator.cli_replay import replay as _replay  # noqa: E402
 
 main.add_command(_replay)
+
+# --- operators and analysts: status (cli_status.py), sql (cli_sql.py) ---
+from lead_orchestrator.cli_sql import sql as _sql  # noqa: E402
+from lead_orchestrator.cli_status import status as _status  # noqa: E402
+
+main.add_command(_status)
+main.add_command(_sql)

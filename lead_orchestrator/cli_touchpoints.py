@@ -4,7 +4,9 @@
   templates show|set SLUG           a shop's message templates
   quiet-hours SLUG [options]        send window, closed weekdays, holidays, daily limit
   preview SLUG                      the shop's messages rendered for a sample lead
-  why SLUG ORDER_ID_OR_PHONE        a lead's timeline: what was sent, and why not
+  templates link SLUG [URL]         the shop's `{{ link }}` merge field (e.g. its booking page)
+  why SLUG KEY                      a lead's timeline (by order id, estimate number, phone, email
+                                    or name): what was sent, and why not; or an order's inbox events
 
 Everything is validated before it is written: a template that names an unknown merge
 field is refused here, never discovered when a customer's message fails to render.
@@ -45,6 +47,21 @@ def _save_settings(conn, slug: str, settings: dict):
     return update_shop(conn, slug, ShopChanges(settings=settings))
 
 
+def _templates_using_link(templates: dict) -> list[str]:
+    from lead_orchestrator.templates import fields_used
+
+    return sorted(name for name, t in templates.items()
+                  if any("link" in fields_used(t.get(part) or "") for part in ("body", "subject")))
+
+
+def _require_link_if_used(settings: dict, templates: dict) -> None:
+    """`{{ link }}` renders the shop's link; without one it would print nothing."""
+    using = _templates_using_link(templates)
+    if using and not settings.get("link"):
+        raise click.ClickException(f"template(s) {', '.join(using)} use {{{{ link }}}} but the shop has no link: "
+                                   "set it first with `templates link SLUG URL`")
+
+
 # --- sequence ---------------------------------------------------------------------------
 
 @click.group(help="Show or change a shop's follow-up sequence.")
@@ -52,7 +69,7 @@ def sequence() -> None:
     pass
 
 
-@sequence.command("show")
+@sequence.command("show", help="Print the shop's steps (default or custom) and custom templates as JSON.")
 @click.argument("slug")
 def sequence_show(slug: str) -> None:
     from lead_orchestrator.sequences import sequence_for
@@ -85,6 +102,7 @@ def sequence_set(slug: str, path: Path) -> None:
             validate_sequence(steps, merged)
         except ValueError as exc:
             raise click.ClickException(f"sequence refused: {exc}") from None
+        _require_link_if_used(shop.settings or {}, templates)
         normalized = [{"step": int(s["step"]), "offset_minutes": int(s["offset_minutes"]),
                        "channel": s["channel"], "template": s["template"]} for s in steps]
         _save_settings(conn, slug, {**(shop.settings or {}), "sequence": normalized, "templates": merged})
@@ -108,7 +126,8 @@ def templates() -> None:
     pass
 
 
-@templates.command("show")
+@templates.command("show", help="Print every template the shop can use (default or its own), the merge "
+                                "fields and the shop's link, as JSON.")
 @click.argument("slug")
 def templates_show(slug: str) -> None:
     from lead_orchestrator.templates import DEFAULT_TEMPLATES, MERGE_FIELDS
@@ -120,7 +139,8 @@ def templates_show(slug: str) -> None:
     out = {name: {**({"subject": DEFAULT_TEMPLATES[name].subject, "body": DEFAULT_TEMPLATES[name].body}
                      if name in DEFAULT_TEMPLATES else {}), **custom.get(name, {}),
                   "source": "shop" if name in custom else "default"} for name in names}
-    click.echo(json.dumps({"merge_fields": sorted(MERGE_FIELDS), "templates": out}, indent=2))
+    click.echo(json.dumps({"merge_fields": sorted(MERGE_FIELDS), "link": (shop.settings or {}).get("link"),
+                           "templates": out}, indent=2))
 
 
 @templates.command("set", help="Add or replace template NAME (use it in a sequence step).")
@@ -145,8 +165,38 @@ def templates_set(slug: str, name: str, body: str | None, body_file: Path | None
             validate_sequence(steps, merged)
         except ValueError as exc:
             raise click.ClickException(f"template refused: {exc}") from None
+        _require_link_if_used(shop.settings or {}, {name: template})
         _save_settings(conn, slug, {**(shop.settings or {}), "templates": merged})
     click.echo(f"saved template {name!r} for {slug}")
+
+
+@templates.command("link", help="Show, set or remove the shop's link, the `{{ link }}` merge field (e.g. its "
+                                "online booking page): an http(s) URL. A template that uses it cannot be "
+                                "saved while the shop has none, and it cannot be removed while one uses it.")
+@click.argument("slug")
+@click.argument("url", required=False)
+@click.option("--remove", is_flag=True, help="Remove the shop's link.")
+def templates_link(slug: str, url: str | None, remove: bool) -> None:
+    from urllib.parse import urlsplit
+
+    if url and remove:
+        raise click.UsageError("give a URL or --remove, not both")
+    if url:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url.strip()):
+            raise click.BadParameter(f"{url!r} is not an http(s) URL with a host", param_hint="URL")
+    with _owner() as (_, conn):
+        shop = _shop(conn, slug)
+        settings = dict(shop.settings or {})
+        if remove:
+            if using := _templates_using_link(settings.get("templates", {})):
+                raise click.ClickException(f"template(s) {', '.join(using)} use {{{{ link }}}}: change them first")
+            settings.pop("link", None)
+            _save_settings(conn, slug, settings)
+        elif url:
+            settings["link"] = url.strip()
+            _save_settings(conn, slug, settings)
+    click.echo(json.dumps({"shop": slug, "link": settings.get("link")}, indent=2))
 
 
 # --- send rules ------------------------------------------------------------------------
@@ -247,29 +297,39 @@ def preview(slug: str, created: str | None) -> None:
 
 
 @click.command(help="Why did (or didn't) a customer get a message? Prints the timeline of the lead(s) "
-                    "named by an order id, estimate number, phone number or email.")
+                    "named by an order id, estimate number, phone number, email or customer name; for an "
+                    "order with no lead, where its inbox events stand (waiting, parked, dead) and what "
+                    "happens next.")
 @click.argument("slug")
 @click.argument("key")
 def why(slug: str, key: str) -> None:
     from lead_orchestrator.db import Database
-    from lead_orchestrator.timeline import (contact_address, contact_events, find_leads, format_contact,
-                                            format_timeline, lead_timeline)
+    from lead_orchestrator.timeline import (MAX_TIMELINES, contact_address, contact_events, dispatcher_alive,
+                                            find_leads, format_contact, format_more, format_order_events,
+                                            format_timeline, lead_timeline, order_inbox_events)
 
     with _owner() as (url, conn):
         shop = _shop(conn, slug)
         db = Database(url, min_size=1, max_size=1, name="cli-why").open()
         try:
             with db.tenant_tx(shop.id) as tx:
+                now = dt.datetime.now(dt.timezone.utc)
+                alive = dispatcher_alive(tx)
                 leads = find_leads(tx, key)
-                texts = [format_timeline(shop, lead_timeline(tx, lead)) for lead in leads]
-                if not leads and (address := contact_address(key)):
+                texts = [format_timeline(shop, lead_timeline(tx, lead), now=now, dispatcher_alive=alive)
+                         for lead in leads[:MAX_TIMELINES]]
+                if len(leads) > MAX_TIMELINES:
+                    texts.append(format_more(leads[MAX_TIMELINES:]))
+                if not leads and (inbox := order_inbox_events(tx, key.strip())):
+                    texts.append(format_order_events(shop, key.strip(), inbox, now=now, dispatcher_alive=alive))
+                elif not leads and (address := contact_address(key)):
                     consent, events = contact_events(tx, *address)
                     if consent or events:
                         texts.append(format_contact(shop, *address, consent, events))
         finally:
             db.close()
     if not texts:
-        raise click.ClickException(f"no lead or contact of {slug} matches {key!r}")
+        raise click.ClickException(f"no lead, order or contact of {slug} matches {key!r}")
     click.echo("\n\n".join(texts))
 
 

@@ -1,6 +1,7 @@
 """`lead-orchestrator preview SLUG`: a shop's sequence rendered for a sample lead, with
 when each step would be due and when it would go out under the shop's send rules.
-Rendering goes through the same `compose` the sender uses."""
+Rendering goes through the same `compose` the sender uses; send times through
+`expected_send_times`, which `why` uses for a real lead's pending touches."""
 from __future__ import annotations
 
 import datetime as dt
@@ -21,19 +22,58 @@ class PreviewItem:
     message: Message
 
 
+@dataclass(frozen=True)
+class PlannedTouch:
+    """A touch as far as its send time goes: `went_out` is when a touch that is sending,
+    sent or unknown was reserved (the moment spacing counts from)."""
+    step: int
+    channel: str
+    status: str
+    due: dt.datetime
+    send_after: dt.datetime
+    went_out: dt.datetime | None = None
+
+
+GONE = ("sending", "sent", "unknown")  # as the sender counts them for spacing
+PENDING = ("scheduled", "deferred")
+
+
+def expected_send_times(touches: list[PlannedTouch], window: SendWindow,
+                        now: dt.datetime) -> dict[tuple[int, str], dt.datetime | None]:
+    """When each touch goes (or went) out, by the sender's rules: not before its
+    send_after, inside the send window, and no sooner after an earlier step than the
+    sequence spaces them (counted from when that step went out). `preview` and `why`
+    both answer with this, so they agree. None: it will not go out (skipped, cancelled,
+    failed). Daily limits are not foreseen."""
+    times: dict[tuple[int, str], dt.datetime | None] = {}
+    gone: list[tuple[PlannedTouch, dt.datetime]] = []
+    for touch in sorted(touches, key=lambda t: (t.step, t.channel)):
+        when = None
+        if touch.status in GONE:
+            when = touch.went_out
+        elif touch.status in PENDING:
+            spaced = [at + (touch.due - earlier.due) for earlier, at in gone if earlier.step < touch.step]
+            when = window.next_allowed_moment(max([touch.send_after, now, *spaced]))
+        times[(touch.step, touch.channel)] = when
+        if when is not None:
+            gone.append((touch, when))
+    return times
+
+
 def preview_sequence(shop: Shop, created_at: dt.datetime, unsubscribe_url: str) -> list[PreviewItem]:
     window = SendWindow.for_shop(shop)
     lead = sample_lead()
+    steps = sorted(sequence_for(shop.settings or {}), key=lambda s: (s.step, s.channel))
+    planned = [PlannedTouch(s.step, s.channel, "scheduled", created_at + s.offset, created_at + s.offset)
+               for s in steps]
+    times = expected_send_times(planned, window, created_at)
     items: list[PreviewItem] = []
     sms_seen = False
-    for step in sorted(sequence_for(shop.settings or {}), key=lambda s: (s.step, s.channel)):
-        due = created_at + step.offset
-        # As the sender does: quiet hours, and the spacing from earlier steps as sent.
-        earliest = max([due] + [i.goes_out + (step.offset - i.step.offset) for i in items if i.step.step < step.step])
+    for step in steps:
         message = compose(shop, step, lead, first_sms=step.channel == "sms" and not sms_seen,
                           unsubscribe_url=unsubscribe_url)
         sms_seen = sms_seen or step.channel == "sms"
-        items.append(PreviewItem(step, due, window.next_allowed_moment(earliest), message))
+        items.append(PreviewItem(step, created_at + step.offset, times[(step.step, step.channel)], message))
     return items
 
 

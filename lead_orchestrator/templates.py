@@ -85,6 +85,11 @@ def validate_template(text: str) -> None:
         raise TemplateError(f"template does not render: {exc}") from None
 
 
+def fields_used(text: str) -> set[str]:
+    """The merge fields a (valid) template names."""
+    return set(meta.find_undeclared_variables(_env.parse(text)))
+
+
 @lru_cache(maxsize=512)
 def _compiled(text: str) -> Template:
     # Compiling a template costs ~1.5 ms; shops have a handful of templates.

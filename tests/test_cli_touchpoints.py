@@ -151,8 +151,8 @@ def test_why_prints_a_leads_timeline_with_every_decision(cli, db, vendors, conne
 
     out = cli("why", shop.slug, "order-why-1").output
     assert f"Lead {lead['id']} of {shop.slug}: order order-why-1" in out
-    assert "status    stopped (opted_out)" in out
-    assert f"consent   sms {phone}: OPTED OUT (sms_keyword" in out
+    assert "status     stopped (opted_out)" in out, out
+    assert f"consent    sms {phone}: OPTED OUT (sms_keyword" in out
     assert "step 0 sms sent" in out and "step 0 email sent" in out
     assert "step 1 sms deferred (quiet_hours) until Tue 2027-03-02 08:00 CST" in out
     assert f"sms {phone} opted out (sms_keyword)" in out
@@ -165,3 +165,31 @@ def test_why_prints_a_leads_timeline_with_every_decision(cli, db, vendors, conne
     out = cli("why", shop.slug, stranger).output
     assert f"No lead of {shop.slug} reaches {stranger}" in out and "OPTED OUT" in out
     assert cli("why", shop.slug, "nothing-like-this").exit_code != 0
+
+
+def test_the_link_merge_field_is_set_per_shop_and_required_by_templates_that_use_it(cli, make_shop, admin):
+    shop = make_shop()
+    refused = cli("templates", "set", shop.slug, "book_sms", "--body", "Book online: {{ link }}")
+    assert refused.exit_code != 0 and "no link" in refused.output
+    assert "templates" not in shop_settings(admin, shop.slug)
+    for bad in ("booking page", "ftp://example.com/x", "https://", "javascript:alert(1)"):
+        assert cli("templates", "link", shop.slug, bad).exit_code != 0, bad
+
+    assert cli("templates", "link", shop.slug, "https://book.example.com/gear").exit_code == 0
+    assert json.loads(cli("templates", "link", shop.slug).output)["link"] == "https://book.example.com/gear"
+    assert cli("templates", "set", shop.slug, "book_sms", "--body", "Book online: {{ link }}").exit_code == 0
+    steps = [{"step": 0, "offset_minutes": 0, "channel": "sms", "template": "book_sms"}]
+    shop = get_shop(admin, shop.slug)
+    from lead_orchestrator.messages import compose
+    from lead_orchestrator.sequences import sequence_for
+
+    step = sequence_for({**shop.settings, "sequence": steps})[0]
+    assert compose(shop, step, {"first_name": "Dana"}, first_sms=True, unsubscribe_url=None).body.startswith(
+        "Book online: https://book.example.com/gear")
+
+    kept = cli("templates", "link", shop.slug, "--remove")
+    assert kept.exit_code != 0 and "book_sms" in kept.output  # a template still uses it
+    assert shop_settings(admin, shop.slug)["link"] == "https://book.example.com/gear"
+    assert cli("templates", "set", shop.slug, "book_sms", "--body", "Call us, {{ first_name }}").exit_code == 0
+    assert cli("templates", "link", shop.slug, "--remove").exit_code == 0
+    assert "link" not in shop_settings(admin, shop.slug)
