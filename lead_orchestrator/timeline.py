@@ -110,8 +110,17 @@ def describe(event: dict, tz: ZoneInfo) -> str:
         return f"{d.get('channel')} {d.get('address')} opted out ({d.get('source')})"
     if kind == "contact_opted_in":
         return f"{d.get('channel')} {d.get('address')} opted in again ({d.get('source')})"
+    if kind == "inbound_reply" and d.get("channel") == "email":
+        return f"customer emailed from {d.get('address')} (subject {d.get('subject')!r}): {d.get('body')!r}"
     if kind == "inbound_reply":
         return f"customer texted: {d.get('body')!r}"
+    if kind == "inbound_auto_reply":
+        return f"automatic email from {d.get('address')} ({reason}): not a reply, the sequence goes on"
+    if kind.startswith("reply_forward"):
+        outcome = {"reply_forwarded": "forwarded", "reply_forward_retry": "refused for now, retried when "
+                   "SendGrid posts it again"}.get(kind, kind[len("reply_forward_"):])
+        return f"customer's email {outcome} to {d.get('to')}" + (f" ({reason})" if reason else "") + (
+            f", provider id {d['message_id']}" if d.get("message_id") else "")
     if kind == "help_requested":
         return "customer texted HELP; answered with the shop's name and phone"
     if kind in ("sms_delivered", "sms_undelivered", "sms_failed"):
