@@ -389,3 +389,25 @@ def test_out_of_office_reply_follow_up_still_sent(emailed, db, reply_vendors, st
     assert len(sms_to(standins, phone)) == 2
     assert touches_of(admin, lead["id"])[(1, "sms")]["status"] == "sent"
 
+
+
+def test_a_reply_by_email_is_recorded_as_a_reply_by_text_is(emailed, db, reply_vendors, connected_shop, receiver,
+                                                             standins, admin):
+    """One stop path: whatever counts replies (the Dagster history, `why`) counts both."""
+    from tests.test_receiver_twilio import inbound, post_twilio
+
+    shop, by_email, email, sent = emailed
+    customer_replies(standins, sent, text="Yes")
+    by_text = insert_lead(db, shop, first_seen=T0, phone=unique_phone(), email=unique_email())
+    assert post_twilio(receiver, shop, "inbound", inbound(shop, by_text["phone_e164"], "Yes")).status_code == 200
+
+    def record(lead_id):
+        row = lead_row(admin, lead_id)
+        stopped = next(e for e in events_of(admin, lead_id) if e["kind"] == "lead_stopped")["detail"]
+        cancelled = next(e for e in events_of(admin, lead_id) if e["kind"] == "touches_cancelled")["detail"]
+        return row["status"], row["status_reason"], stopped["reason"], cancelled["reason"]
+
+    assert record(by_email["id"]) == record(by_text["id"]) == ("stopped", "replied", "replied", "lead_stopped:replied")
+    replies = admin.execute("SELECT detail->>'channel' AS channel FROM lead_events WHERE tenant_id = %s "
+                            "AND kind = 'inbound_reply' ORDER BY id", (shop.id,)).fetchall()
+    assert [r["channel"] for r in replies] == ["email", "sms"]
