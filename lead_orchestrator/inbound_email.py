@@ -87,21 +87,21 @@ def read_parse_post(fields: dict[str, bytes], files: list[str]) -> InboundEmail:
     else:
         raise InboundEmailError("not_inbound_parse", "neither `email` nor `headers`/`from`: not an Inbound Parse post")
 
-    sender_name, sender = _first_address(_decoded(fields, "from", charsets) or _header(headers, "From"))
+    sender_name, sender = _first_address(_decoded(fields, "from", charsets) or header_text(headers, "From"))
     if sender is None:
         raise InboundEmailError("no_sender", "the email has no valid From address")
     envelope_to = envelope.get("to") if isinstance(envelope.get("to"), list) else []
     recipients = [str(a) for a in envelope_to]
     for name in ("to", "cc"):
         recipients += [addr for _, addr in email.utils.getaddresses([_decoded(fields, name, charsets)
-                                                                      or _header(headers, name)]) if addr]
-    envelope_from = envelope.get("from") if "from" in envelope else _header(headers, "Return-Path")
+                                                                      or header_text(headers, name)]) if addr]
+    envelope_from = envelope.get("from") if "from" in envelope else header_text(headers, "Return-Path")
     return InboundEmail(
         sender=sender, sender_name=sender_name or None,
         recipients=tuple(dict.fromkeys(r.strip() for r in recipients if r and r.strip())),
-        subject=(_decoded(fields, "subject", charsets) or _header(headers, "Subject")).strip(),
+        subject=(_decoded(fields, "subject", charsets) or header_text(headers, "Subject")).strip(),
         text=(text or "")[:MAX_TEXT_CHARS], headers=headers,
-        message_id=_header(headers, "Message-ID").strip() or None,
+        message_id=header_text(headers, "Message-ID") or None,
         null_return_path=("from" in envelope or "Return-Path" in headers)
         and str(envelope_from or "").strip() in ("", "<>"),
         attachments=tuple(attachments), raw=raw,
@@ -160,12 +160,13 @@ def _json_object(fields: dict[str, bytes], name: str, *, required: bool) -> dict
     return value
 
 
-def _header(headers: Message, name: str) -> str:
+def header_text(headers: Message, name: str) -> str:
+    """A header's decoded value, "" when it is missing or cannot be parsed."""
     try:
         value = headers.get(name)
     except (ValueError, IndexError):  # a header the email package cannot parse
         return ""
-    return str(value) if value is not None else ""
+    return str(value).strip() if value is not None else ""
 
 
 def _first_address(value: str | None) -> tuple[str | None, str | None]:

@@ -90,7 +90,10 @@ class InboundParse:
         return record
 
 
-def parse_fields(message: EmailMessage, recipient: str, sender: str, raw: bool) -> list[tuple[str, str | None, bytes, str | None]]:
+FormPart = tuple[str, str | None, bytes, str | None]  # name, file name, content, content type
+
+
+def parse_fields(message: EmailMessage, recipient: str, sender: str, raw: bool) -> list[FormPart]:
     """(name, file name, content, content type) of each form part."""
     fields = {"dkim": "{@standin.example : pass}", "to": str(message["To"] or ""), "from": str(message["From"] or ""),
               "sender_ip": "127.0.0.1", "envelope": json.dumps({"to": [recipient], "from": sender}),
@@ -117,7 +120,7 @@ def parse_fields(message: EmailMessage, recipient: str, sender: str, raw: bool) 
     return [(name, None, value.encode(), None) for name, value in fields.items()] + files
 
 
-def encode_form(parts: list[tuple[str, str | None, bytes, str | None]]) -> bytes:
+def encode_form(parts: list[FormPart]) -> bytes:
     out = bytearray()
     for name, filename, content, content_type in parts:
         out += f"--{BOUNDARY}\r\n".encode()

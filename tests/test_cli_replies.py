@@ -45,7 +45,8 @@ def test_shops_show_and_replies_say_where_replies_go(cli, make_shop):
                      "inbound_parse_url": "https://leads.example.com/webhooks/sendgrid-inbound/parse",
                      "forward_to": "service@joes.example", "forward_to_is_custom": False}
 
-    out = json.loads(cli("replies", shop.slug, "--forward-to", "Writers@Joes.Example", domain="reply.leads.example").output)
+    out = json.loads(cli("replies", shop.slug, "--forward-to", "Writers@Joes.Example",
+                         domain="reply.leads.example").output)
     assert (out["forward_to"], out["forward_to_is_custom"]) == ("Writers@joes.example", True)
     refused = cli("replies", shop.slug, "--forward-to", "desk@reply.leads.example", domain="reply.leads.example")
     assert refused.exit_code != 0 and "inbound parse domain" in refused.output

@@ -92,7 +92,8 @@ def test_parsed_and_raw_posts_read_the_same():
 
 def test_text_fields_are_read_in_the_character_set_sendgrid_names():
     fields = {"from": b"Ren\xe9e <renee@example.com>", "to": b"reply+1-2-x@reply.example.com",
-              "subject": "Re: devis \u2013 frein".encode("cp1252", "replace"), "text": "Très bien, merci".encode("latin-1"),
+              "subject": "Re: devis \u2013 frein".encode("cp1252", "replace"),
+              "text": "Très bien, merci".encode("latin-1"),
               "headers": b"From: renee@example.com\nMessage-ID: <m1@example.com>\n",
               "charsets": json.dumps({"from": "iso-8859-1", "text": "iso-8859-1", "subject": "windows-1252"}).encode(),
               "envelope": json.dumps({"to": ["reply+1-2-x@reply.example.com"], "from": "renee@example.com"}).encode()}

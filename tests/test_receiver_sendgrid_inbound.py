@@ -299,7 +299,8 @@ def test_bad_posts_are_refused_and_change_nothing(emailed, admin, standins, pars
         address = f"service@{DOMAIN}"
     elif case == "unknown_lead":
         address = reply_address(settings.secret_key(), DOMAIN, shop.id, 10**11)
-    fields = parse_fields_of(compose_email(from_=email, to=address, subject="Re: x", text="Yes book it"), address, email)
+    message = compose_email(from_=email, to=address, subject="Re: x", text="Yes book it")
+    fields = parse_fields_of(message, address, email)
     body = None
     if case == "no_sender":
         fields["from"] = "nobody"
