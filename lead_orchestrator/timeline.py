@@ -117,9 +117,11 @@ def describe(event: dict, tz: ZoneInfo) -> str:
     if kind == "inbound_auto_reply":
         return f"automatic email from {d.get('address')} ({reason}): not a reply, the sequence goes on"
     if kind.startswith("reply_forward"):
-        outcome = {"reply_forwarded": "forwarded", "reply_forward_retry": "refused for now, retried when "
-                   "SendGrid posts it again"}.get(kind, kind[len("reply_forward_"):])
-        return f"customer's email {outcome} to {d.get('to')}" + (f" ({reason})" if reason else "") + (
+        outcome = {"reply_forwarded": "forwarded to", "reply_forward_failed": "could not be forwarded to",
+                   "reply_forward_unknown": "may have been forwarded (outcome unknown, not re-sent) to",
+                   "reply_forward_retry": "not forwarded yet (refused for now; retried when SendGrid posts it "
+                                          "again) to"}.get(kind, kind)
+        return f"customer's email {outcome} {d.get('to')}" + (f" ({reason})" if reason else "") + (
             f", provider id {d['message_id']}" if d.get("message_id") else "")
     if kind == "help_requested":
         return "customer texted HELP; answered with the shop's name and phone"

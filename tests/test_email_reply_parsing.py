@@ -219,3 +219,21 @@ def test_a_forward_address_is_an_address_outside_the_parse_domain():
     for bad in ("not-an-address", f"desk@{DOMAIN}"):
         with pytest.raises(ValueError):
             valid_forward_address(bad, DOMAIN)
+
+
+@pytest.mark.parametrize("kind,detail,text", [
+    ("inbound_auto_reply", {"address": "dana@example.com", "reason": "bounce"},
+     "automatic email from dana@example.com (bounce): not a reply, the sequence goes on"),
+    ("reply_forward_retry", {"to": "desk@joes.example", "reason": "retry:503"},
+     "customer's email not forwarded yet (refused for now; retried when SendGrid posts it again) to "
+     "desk@joes.example (retry:503)"),
+    ("reply_forward_failed", {"to": "desk@joes.example", "reason": "missing_credentials"},
+     "customer's email could not be forwarded to desk@joes.example (missing_credentials)"),
+    ("inbound_reply", {"channel": "sms", "body": "Yes"}, "customer texted: 'Yes'"),
+])
+def test_why_describes_replies_and_copies(kind, detail, text):
+    from zoneinfo import ZoneInfo
+
+    from lead_orchestrator.timeline import describe
+
+    assert describe({"kind": kind, "detail": detail}, ZoneInfo("America/Chicago")) == text
