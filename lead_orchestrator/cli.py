@@ -230,7 +230,9 @@ def shops_show(slug: str) -> None:
             shop = get_shop(conn, slug)
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
-    click.echo(json.dumps(_describe(shop), indent=2))
+    from lead_orchestrator.email_replies import reply_setup
+
+    click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(get_settings(), shop)}, indent=2))
 
 
 # --- touch-points: sequence, templates, quiet-hours, preview, why (cli_touchpoints.py) ---
@@ -250,3 +252,7 @@ from lead_orchestrator.cli_status import status as _status  # noqa: E402
 
 main.add_command(_status)
 main.add_command(_sql)
+
+from lead_orchestrator.cli_replies import replies as _replies  # noqa: E402  (email replies: docs/replies.md)
+
+main.add_command(_replies)

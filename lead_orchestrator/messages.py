@@ -1,6 +1,7 @@
 """What a touch says: merge fields of a lead, the rendered SMS (with the opt-out line in
 the first one a lead receives) and the email (with the shop's postal address, an
-unsubscribe link and one-click `List-Unsubscribe` headers). Used by the sender and by
+unsubscribe link and one-click `List-Unsubscribe` headers, and Reply-To the lead's reply
+address when the deployment receives replies). Used by the sender and by
 `lead-orchestrator preview`, so a preview shows exactly what would be sent."""
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Message:
     body: str
     subject: str | None = None
     headers: dict[str, str] | None = None
+    reply_to: tuple[str, str] | None = None  # (address, display name): email only
 
 
 def merge_fields(shop: Shop, lead: dict) -> dict[str, str]:
@@ -42,9 +44,12 @@ def sample_lead() -> dict:
             "order_number": "10482", "total_cents": 84950}
 
 
-def compose(shop: Shop, step: Step, lead: dict, *, first_sms: bool, unsubscribe_url: str | None) -> Message:
+def compose(shop: Shop, step: Step, lead: dict, *, first_sms: bool, unsubscribe_url: str | None,
+            reply_to: str | None = None) -> Message:
     """The message of one step for one lead. `first_sms`: no SMS of this lead has gone
-    out yet, so this one must say how to opt out."""
+    out yet, so this one must say how to opt out. `reply_to`: the lead's reply address
+    (lead_orchestrator.reply_address), so that the customer's answer reaches us; shown
+    under the shop's name."""
     template = template_for(shop.settings or {}, step.template)
     fields = merge_fields(shop, lead)
     body = render(template.body, fields)
@@ -54,7 +59,7 @@ def compose(shop: Shop, step: Step, lead: dict, *, first_sms: bool, unsubscribe_
         return Message("sms", body)
     subject = render(template.subject, fields) if template.subject else f"Your estimate from {shop.name}"
     return Message("email", body + email_footer(shop, unsubscribe_url), subject=subject,
-                   headers=unsubscribe_headers(unsubscribe_url))
+                   headers=unsubscribe_headers(unsubscribe_url), reply_to=(reply_to, shop.name) if reply_to else None)
 
 
 def email_footer(shop: Shop, unsubscribe_url: str | None) -> str:

@@ -35,6 +35,7 @@ class OutgoingEmail:
     text: str
     headers: dict[str, str] = field(default_factory=dict)
     custom_args: dict[str, str] = field(default_factory=dict)
+    reply_to: tuple[str, str | None] | None = None  # (address, display name)
 
 
 class TwilioSender:
@@ -80,6 +81,8 @@ class SendGridSender:
             mail.add_header(Header(name, value))
         for name, value in email.custom_args.items():
             mail.add_custom_arg(CustomArg(name, value))
+        if email.reply_to:  # Reply-To is a field of its own in Mail Send (a reserved header)
+            mail.reply_to = email.reply_to
         try:
             response = self._client.send(mail)
         except sg_errors.HTTPError as exc:

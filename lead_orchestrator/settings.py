@@ -6,18 +6,20 @@ vendors' real hosts; an unset DATABASE_URL means an embedded PostgreSQL under DA
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
 TWILIO_REAL_URL = "https://api.twilio.com"
 SENDGRID_REAL_URL = "https://api.sendgrid.com"
+_HOST_NAME = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
 class Settings(BaseSettings):
@@ -50,6 +52,24 @@ class Settings(BaseSettings):
     webhook_rate_limit: str = Field(default="600/minute", alias="WEBHOOK_RATE_LIMIT")
     # Bearer token for GET /metrics; unset: /metrics answers only to loopback clients.
     metrics_token: SecretStr | None = Field(default=None, alias="METRICS_TOKEN")
+    # The host name SendGrid Inbound Parse receives mail for (MX -> mx.sendgrid.net). Set:
+    # every email carries Reply-To: reply+<signed token>@<this domain>, and a reply stops the
+    # lead's sequence (docs/replies.md). Unset: no reply address, replies reach the shop's
+    # sender address and stop nothing.
+    inbound_parse_domain: str | None = Field(default=None, alias="INBOUND_PARSE_DOMAIN")
+    # Largest Inbound Parse post accepted. SendGrid's own limit is 30 MB per message with
+    # its attachments, so the default never refuses what SendGrid can post.
+    inbound_parse_max_bytes: int = Field(default=32 * 1024 * 1024, alias="INBOUND_PARSE_MAX_BYTES")
+
+    @field_validator("inbound_parse_domain")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        value = (value or "").strip().lower().rstrip(".")
+        if not value:
+            return None
+        if not _HOST_NAME.fullmatch(value):
+            raise ValueError(f"INBOUND_PARSE_DOMAIN {value!r} is not a host name (e.g. reply.example.com)")
+        return value
 
     def secret_key(self) -> str:
         from lead_orchestrator import redaction

@@ -30,6 +30,8 @@ from lead_orchestrator.shops import ShopChanges, create_shop, get_shop, list_sho
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SLUG = "demo"
 STANDIN_PORTS = {"shopmonkey": 8701, "twilio": 8702, "sendgrid": 8703}
+# With the stand-ins, replies are received for this made-up domain unless INBOUND_PARSE_DOMAIN says otherwise.
+DEMO_PARSE_DOMAIN = "reply.demo-auto.example"
 
 
 def say(message: str) -> None:
@@ -155,6 +157,25 @@ def connect_demo_email_events(database_url: str, urls: dict[str, str], receiver_
                json={"url": f"{receiver_url}/webhooks/sendgrid/{DEMO_SLUG}/events"}).raise_for_status()
 
 
+def connect_demo_replies(urls: dict[str, str], receiver_url: str, domain: str) -> None:
+    """The SendGrid stand-in posts mail for the demo parse domain to the receiver, as
+    SendGrid Inbound Parse would (docs/replies.md)."""
+    from lead_orchestrator.email_replies import INBOUND_PARSE_PATH
+
+    httpx.post(f"{urls['sendgrid']}/_standin/inbound-parse", timeout=5,
+               json={"hostname": domain, "url": receiver_url + INBOUND_PARSE_PATH}).raise_for_status()
+
+
+def say_email_replies(settings: Settings, domain: str | None) -> None:
+    """Once at start: whether customers' email replies reach us and stop their follow-ups."""
+    if domain:
+        say(f"email replies: Reply-To reply+<lead token>@{domain}; SendGrid Inbound Parse for {domain} must post "
+            f"to {settings.public_base_url.rstrip('/')}/webhooks/sendgrid-inbound/parse")
+    else:
+        say("email replies: INBOUND_PARSE_DOMAIN is unset, so emails carry no reply address: a customer's email "
+            "reply goes to the shop's sender address and does not stop the follow-ups (docs/replies.md)")
+
+
 def create_demo_estimate(demo: dict, urls: dict[str, str]) -> str:
     response = httpx.post(f"{urls['shopmonkey']}/_standin/orders", timeout=10, json={
         "api_key": demo["sm_key"],
@@ -228,8 +249,14 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
                 demo_shop = ensure_demo_shop(database_url)
                 register_with_standins(demo_shop, urls, receiver_url)
                 connect_demo_email_events(database_url, urls, receiver_url)
+                reply_domain = settings.inbound_parse_domain or DEMO_PARSE_DOMAIN
+                connect_demo_replies(urls, receiver_url, reply_domain)
             else:
                 say(f"real vendors: shops {', '.join(real_shops) or '(none yet)'}")
+                reply_domain = settings.inbound_parse_domain
+            if reply_domain:
+                env["INBOUND_PARSE_DOMAIN"] = reply_domain
+            say_email_replies(settings, reply_domain)
 
             say("starting the webhook receiver, the dispatcher, Dagster webserver and Dagster daemon")
             children.start("receiver", [sys.executable, "-m", "uvicorn", "webhook_receiver.main:create_app",
@@ -255,6 +282,9 @@ def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = Tr
                 order_id = create_demo_estimate(demo_shop, urls)
                 say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
                 wait_for_first_touch(urls, started)
+                say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
+                    """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """
+                    f"./dev cli why {DEMO_SLUG} {order_id})")
             say("running; Ctrl-C stops everything")
             while not stopping["flag"]:
                 dead = children.dead()

@@ -9,6 +9,8 @@
 - HELP or INFO gets the shop's name and phone number back; nothing stops.
 - Anything else is a reply: the customer is talking to the shop now, so every active
   lead of that number stops (reason `replied`). The number stays subscribed.
+- An email to a lead's reply address (docs/replies.md) is a reply too, through the same
+  `record_reply`; it stops the lead the address names.
 - An email unsubscribe (one-click or the page) opts the address out and stops its leads.
 """
 from __future__ import annotations
@@ -20,7 +22,8 @@ import psycopg
 
 from lead_orchestrator import lead_log
 from lead_orchestrator.contact_points import normalize_phone
-from lead_orchestrator.lead_state import end_lead, is_opted_out, leads_for_contact, opt_in_contact, opt_out_contact
+from lead_orchestrator.lead_state import (consent_key, end_lead, is_opted_out, leads_for_contact, opt_in_contact,
+                                          opt_out_contact)
 from lead_orchestrator.shops import Shop
 
 OPT_OUT_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"})
@@ -68,13 +71,26 @@ def handle_inbound_sms(conn: psycopg.Connection, shop: Shop, *, from_: str, body
     if kind == "help":
         lead_log.record(conn, None, "help_requested", channel="sms", address=phone, message_sid=message_sid, at=at)
         return InboundOutcome("help", answer=help_text(shop))
-    leads = leads_for_contact(conn, "sms", phone)
-    preview = (body or "").strip()[:PREVIEW_CHARS]
-    lead_log.record(conn, None, "inbound_reply", channel="sms", address=phone, message_sid=message_sid,
-                    leads=leads, body=preview, at=at)
-    stopped = [lead for lead in leads
-               if end_lead(conn, lead, "stopped", "replied", at=at, message_sid=message_sid, body=preview)]
+    # A text cannot say which estimate it answers: every active lead of the number stops.
+    stopped = record_reply(conn, leads_for_contact(conn, "sms", phone), channel="sms", address=phone, body=body,
+                           at=at, message_sid=message_sid)
     return InboundOutcome("reply", stopped)
+
+
+def record_reply(conn: psycopg.Connection, leads: list[int], *, channel: str, address: str, body: str,
+                 at: dt.datetime | None = None, lead_id: int | None = None, **detail) -> list[int]:
+    """The customer answered, by text or by email: they are talking to the shop now. Logs
+    the reply (`inbound_reply`, first PREVIEW_CHARS characters) and stops each of `leads`
+    that is still active (`stopped`, reason `replied`), cancelling its pending touches.
+    The one stop path for replies on every channel, so a reply by email counts exactly as
+    one by text does. `lead_id`: the lead the reply is logged on, when the channel names
+    it (an email to a lead's reply address); a text is logged on its number. Returns the
+    leads stopped."""
+    preview = (body or "").strip()[:PREVIEW_CHARS]
+    lead_log.record(conn, lead_id, "inbound_reply", channel=channel, address=consent_key(channel, address),
+                    leads=leads, body=preview, at=at, **detail)
+    return [lead for lead in leads
+            if end_lead(conn, lead, "stopped", "replied", at=at, channel=channel, body=preview, **detail)]
 
 
 def unsubscribe_email(conn: psycopg.Connection, email: str, *, source: str = "list_unsubscribe",

@@ -196,8 +196,19 @@ def describe(event: dict, tz: ZoneInfo, lead: dict | None = None, notes: dict[st
         return f"{d.get('channel')} {d.get('address')} opted out ({d.get('source')})"
     if kind == "contact_opted_in":
         return f"{d.get('channel')} {d.get('address')} opted in again ({d.get('source')})"
+    if kind == "inbound_reply" and d.get("channel") == "email":
+        return f"customer emailed from {d.get('address')} (subject {d.get('subject')!r}): {d.get('body')!r}"
     if kind == "inbound_reply":
         return f"customer texted: {d.get('body')!r}"
+    if kind == "inbound_auto_reply":
+        return f"automatic email from {d.get('address')} ({reason}): not a reply, the sequence goes on"
+    if kind.startswith("reply_forward"):
+        outcome = {"reply_forwarded": "forwarded to", "reply_forward_failed": "could not be forwarded to",
+                   "reply_forward_unknown": "may have been forwarded (outcome unknown, not re-sent) to",
+                   "reply_forward_retry": "not forwarded yet (refused for now; retried when SendGrid posts it "
+                                          "again) to"}.get(kind, kind)
+        return f"customer's email {outcome} {d.get('to')}" + (f" ({reason})" if reason else "") + (
+            f", provider id {d['message_id']}" if d.get("message_id") else "")
     if kind == "help_requested":
         return "customer texted HELP; answered with the shop's name and phone"
     if kind in ("sms_delivered", "sms_undelivered", "sms_failed"):

@@ -209,13 +209,15 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
         "SELECT 1 FROM touches WHERE lead_id = %s AND channel = 'sms' AND id <> %s "
         "AND status IN ('sending', 'sent', 'unknown')", (touch["lead_id"], touch_id)).fetchone() is None
     unsubscribe = vendors.unsubscribe_url(shop, touch["to_address"]) if touch["channel"] == "email" else None
-    message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe)
+    reply_to = vendors.reply_address(shop, lead["id"]) if touch["channel"] == "email" else None
+    message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe, reply_to=reply_to)
     conn.execute(
         """UPDATE touches SET status = 'sending', reserved_at = %s, attempts = attempts + 1,
                   body = %s, subject = %s, updated_at = now() WHERE id = %s""",
         (now, message.body, message.subject, touch_id),
     )
-    return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {}}, None
+    return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {},
+            "reply_to": message.reply_to}, None
 
 
 def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow, *, first_step: bool = False):
@@ -309,7 +311,7 @@ def _sender(shop: Shop, touch: dict, vendors) -> Callable[[], SendResult]:
     outgoing = OutgoingEmail(
         to=touch["to_address"], sender=shop.sendgrid_sender or "", sender_name=shop.name,
         subject=touch["subject"], text=touch["body"], headers=touch["headers"],
-        custom_args={"tenant": shop.slug, "touch_id": str(touch["id"])},
+        custom_args={"tenant": shop.slug, "touch_id": str(touch["id"])}, reply_to=touch.get("reply_to"),
     )
     return lambda: email.send(outgoing)
 

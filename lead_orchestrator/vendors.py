@@ -1,5 +1,6 @@
 """Builds per-shop vendor clients from a shop's credentials and the deployment's base
-URLs, and the public URLs the vendors call back (status callbacks, unsubscribe)."""
+URLs, and the public URLs the vendors call back (status callbacks, unsubscribe) and the
+addresses customers reply to (docs/replies.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from itsdangerous import URLSafeSerializer
 
 from lead_orchestrator.providers import SendGridSender, TwilioSender
+from lead_orchestrator.reply_address import reply_address
 from lead_orchestrator.shopmonkey_client import ShopMonkeyClient
 from lead_orchestrator.shops import Shop
 
@@ -22,6 +24,7 @@ class Vendors:
     sendgrid_base_url: str | None
     public_base_url: str
     secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
+    inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
     _cache: dict = field(default_factory=dict, repr=False)
 
     def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
@@ -52,6 +55,11 @@ class Vendors:
 
     def unsubscribe_url(self, shop: Shop, email: str) -> str:
         return f"{self.public_base_url}/unsubscribe/{unsubscribe_token(self.secret_key, shop.id, email)}"
+
+    def reply_address(self, shop: Shop, lead_id: int) -> str | None:
+        if not self.inbound_parse_domain:
+            return None
+        return reply_address(self.secret_key, self.inbound_parse_domain, shop.id, lead_id)
 
     def _cached(self, key, build):
         if key not in self._cache:
@@ -93,4 +101,5 @@ def vendors_from_settings(settings) -> Vendors:
         sendgrid_base_url=settings.sendgrid_api_base_url,
         public_base_url=settings.public_base_url,
         secret_key=settings.secret_key(),
+        inbound_parse_domain=settings.inbound_parse_domain,
     )

@@ -1,6 +1,8 @@
 """Assembles the code location; everything it names lives in its own module."""
 from __future__ import annotations
 
+import os
+
 from dagster import Definitions, EnvVar
 
 from orchestrator_dagster.assets import leads
@@ -23,6 +25,8 @@ defs = Definitions(
             sendgrid_api_base_url=EnvVar("SENDGRID_API_BASE_URL"),
             public_base_url=EnvVar("PUBLIC_BASE_URL"),
             app_secret_key=EnvVar("APP_SECRET_KEY"),
+            # Optional, so not an EnvVar (which refuses to load when the variable is unset).
+            inbound_parse_domain=os.environ.get("INBOUND_PARSE_DOMAIN", ""),
         ),
     },
 )

@@ -31,6 +31,7 @@ class VendorsResource(ConfigurableResource):
     sendgrid_api_base_url: str
     public_base_url: str
     app_secret_key: str
+    inbound_parse_domain: str = ""  # empty: emails carry no reply address
 
     def vendors(self) -> Vendors:
         return Vendors(
@@ -39,4 +40,5 @@ class VendorsResource(ConfigurableResource):
             sendgrid_base_url=self.sendgrid_api_base_url,
             public_base_url=self.public_base_url,
             secret_key=self.app_secret_key,
+            inbound_parse_domain=self.inbound_parse_domain.strip().lower().rstrip(".") or None,
         )

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from standins.contracts import validator
 from standins.faults import add_fault_routes
 from standins.outbox import add_outbox_routes
+from standins.sendgrid_inbound import inbound_routes
 from standins.sendgrid_state import SendGridError, SendGridState
 
 MAX_BODY = 30 * 1024 * 1024
@@ -160,13 +161,17 @@ def create_app(state: SendGridState) -> FastAPI:
         return Response(status_code=202, headers={"X-Message-Id": message_id})
 
     app.include_router(_control_routes(state))
+    app.include_router(inbound_routes(state.inbound, state.sent))
     add_outbox_routes(
         app, "SendGrid stand-in outbox",
-        {"sent": state.sent, "rejected": state.rejected, "event_posts": state.event_posts},
+        {"sent": state.sent, "rejected": state.rejected, "event_posts": state.event_posts,
+         "inbound_posts": state.inbound.posts},
         {
-            "sent": ["received_at", "message_id", "from", "to", "subject", "text", "headers", "categories", "custom_args"],
+            "sent": ["received_at", "message_id", "from", "reply_to", "to", "subject", "text", "headers", "categories",
+                     "custom_args"],
             "rejected": ["status", "errors", "payload"],
             "event_posts": ["url", "events", "response_status", "error"],
+            "inbound_posts": ["url", "from", "to", "subject", "raw", "attempts", "response_status", "response"],
         },
     )
     return app

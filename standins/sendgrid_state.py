@@ -10,6 +10,7 @@ from standins.faults import FaultsControl, InjectedFaults
 from standins.outbox import Outbox
 from standins.outgoing import OutgoingCalls, PostResult
 from standins.sendgrid_events import EventSigner, make_event
+from standins.sendgrid_inbound import InboundParse
 
 
 class SendGridError(Exception):
@@ -35,6 +36,7 @@ class SendGridState(FaultsControl):
         self.sent = Outbox()  # accepted mail
         self.rejected = Outbox()  # requests answered with an error
         self.event_posts = Outbox()  # event webhook POSTs made
+        self.inbound = InboundParse()  # mail received for parse hosts, posted to their URLs
         self._lock = threading.RLock()
         self._outgoing = OutgoingCalls("sendgrid")
         self._generation = 0
@@ -49,6 +51,7 @@ class SendGridState(FaultsControl):
             self.event_webhook_url: str | None = None  # when set, events follow each accepted mail
         for box in (self.sent, self.rejected, self.event_posts):
             box.clear()
+        self.inbound.reset()
 
     def add_api_key(self, key: str) -> None:
         with self._lock:
@@ -98,6 +101,7 @@ class SendGridState(FaultsControl):
             "message_id": message_id,
             "received_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "from": mail["from"]["email"],
+            "reply_to": (mail.get("reply_to") or {}).get("email"),
             "to": recipients,
             "subject": first.get("subject", mail.get("subject")),
             "text": text,

@@ -50,11 +50,12 @@ class HotRoute:
 class ReceiverApp(FastAPI):
     """A FastAPI app whose outermost layers are the guards and the hot route."""
 
-    def __init__(self, *, hot_handler, rate_limit: str, max_body_bytes: int, **fastapi_options):
+    def __init__(self, *, hot_handler, rate_limit: str, max_body_bytes: int,
+                 body_limits: dict[str, int] | None = None, **fastapi_options):
         super().__init__(**fastapi_options)
         framework = partial(FastAPI.__call__, self)
-        self._entry = ShopRateLimit(BodySizeLimit(HotRoute(framework, self, hot_handler), max_bytes=max_body_bytes),
-                                    rate=rate_limit)
+        self._entry = ShopRateLimit(BodySizeLimit(HotRoute(framework, self, hot_handler), max_bytes=max_body_bytes,
+                                                  path_limits=body_limits), rate=rate_limit)
 
     async def __call__(self, scope, receive, send) -> None:
         await self._entry(scope, receive, send)

@@ -15,7 +15,7 @@ from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
 from webhook_receiver.hot_route import ReceiverApp
 from webhook_receiver.inbox_writer import InboxWriter
-from webhook_receiver.routers import docs, health, sendgrid, shopmonkey, twilio, unsubscribe
+from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, twilio, unsubscribe
 
 
 def tune_garbage_collector() -> None:
@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app = ReceiverApp(title="Lead Orchestrator webhook receiver", version="0.1.0", lifespan=lifespan,
                       docs_url=None, redoc_url=None,
                       hot_handler=shopmonkey.handle_shopmonkey_webhook,
-                      rate_limit=settings.webhook_rate_limit, max_body_bytes=settings.max_webhook_body_bytes)
+                      rate_limit=settings.webhook_rate_limit, max_body_bytes=settings.max_webhook_body_bytes,
+                      body_limits={sendgrid_inbound.PATH: settings.inbound_parse_max_bytes})
     app.state.settings = settings
     app.state.shops = ShopCache({})
     errors.install(app)
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.include_router(shopmonkey.router)
     app.include_router(twilio.router)
     app.include_router(sendgrid.router)
+    app.include_router(sendgrid_inbound.router)
     app.include_router(unsubscribe.router)
     app.include_router(docs.router)
     return app
