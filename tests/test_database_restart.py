@@ -202,3 +202,30 @@ def test_the_receiver_answers_503_at_once_while_the_database_is_down(running, se
     assert len(_lines(caplog, "database unreachable")) == 1
     assert len(_lines(caplog, "database reachable again")) == 1
     assert not [r for r in caplog.records if r.name.startswith("webhook_receiver") and r.levelno >= logging.ERROR]
+
+
+def test_a_database_that_hangs_gets_503_after_the_commit_deadline(running, settings, monkeypatch):
+    """A batch the database does not answer (here: the table locked) is answered 503
+    after COMMIT_DEADLINE_S instead of holding the request; the receiver then recovers."""
+    from webhook_receiver import inbox_writer
+    from webhook_receiver.main import create_app
+
+    monkeypatch.setattr(inbox_writer, "COMMIT_DEADLINE_S", 0.5)
+    cluster = running
+    shop = _shop(cluster.url)
+    secret = shop.webhook_secret.get_secret_value()
+    app = create_app(settings.model_copy(update={"database_url": cluster.url}))
+    with ThreadedServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        def deliver() -> httpx.Response:
+            body = order_body()
+            return client.post(f"/webhooks/shopmonkey/{shop.slug}", content=body, headers=signed_headers(secret, body))
+
+        assert deliver().status_code == 202  # connected, shop cached
+        with psycopg.connect(cluster.url) as locker:
+            locker.execute("LOCK TABLE inbox_events IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            hung = deliver()
+            took = time.monotonic() - started
+            locker.rollback()
+        assert hung.status_code == 503 and took < 3, (hung.status_code, took)
+        wait_for(lambda: deliver().status_code == 202, timeout=10, interval=0.2, message="a 202 after the hang")
