@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 10.0
 ALIVE_LOCK_KEY = 4242001  # matches fast_path_alive() in sql/0005_fast_path.sql
 RECONNECT_MIN_S = 0.25
-RECONNECT_MAX_S = 4.0
+RECONNECT_MAX_S = 2.0
 # Held for the next flush when Dagster's storage cannot take them (e.g. during an outage).
 MAX_UNREPORTED = 10_000
 
