@@ -129,11 +129,8 @@ class ShopChanges(BaseModel):
     @field_validator("twilio_sender")
     @classmethod
     def _e164_or_service(cls, value: str | None) -> str | None:
-        if value is not None and value.strip().startswith("MG"):
-            value = value.strip()
-            if not MESSAGING_SERVICE_SID.fullmatch(value):
-                raise ValueError(f"{value!r} is not a Messaging Service SID ('MG' and 32 hexadecimal digits)")
-            return value  # a Messaging Service SID is a valid sender
+        if value is not None and value.strip().startswith("MG"):  # a Messaging Service SID is a valid sender
+            return _matching(value, MESSAGING_SERVICE_SID, "a Messaging Service SID ('MG' and 32 hexadecimal digits)")
         return _e164(value)
 
     @field_validator("shop_phone")
@@ -144,12 +141,8 @@ class ShopChanges(BaseModel):
     @field_validator("twilio_account_sid")
     @classmethod
     def _account_sid(cls, value: str | None) -> str | None:
-        if value is not None:
-            value = value.strip()
-            if not TWILIO_ACCOUNT_SID.fullmatch(value):
-                raise ValueError(f"{value!r} is not a Twilio account SID ('AC' and 32 hexadecimal digits, "
-                                 "as shown in the Twilio Console)")
-        return value
+        return _matching(value, TWILIO_ACCOUNT_SID,
+                         "a Twilio account SID ('AC' and 32 hexadecimal digits, as shown in the Twilio Console)")
 
     @field_validator("sendgrid_api_key")
     @classmethod
@@ -162,13 +155,11 @@ class ShopChanges(BaseModel):
     @field_validator("sendgrid_sender")
     @classmethod
     def _email_sender(cls, value: str | None) -> str | None:
-        if value is not None:
-            value = value.strip()
-            if not EMAIL_ADDRESS.fullmatch(value):
-                raise ValueError(f"{value!r} is not an e-mail address (e.g. service@yourshop.com)")
-            local, _, domain = value.rpartition("@")
-            value = f"{local}@{domain.lower()}"
-        return value
+        value = _matching(value, EMAIL_ADDRESS, "an e-mail address (e.g. service@yourshop.com)")
+        if value is None:
+            return None
+        local, _, domain = value.rpartition("@")
+        return f"{local}@{domain.lower()}"
 
     @model_validator(mode="after")
     def _window_in_order(self) -> "ShopChanges":
@@ -198,6 +189,16 @@ class ShopChanges(BaseModel):
                 "an active shop must be able to send SMS or email: SMS needs " + ", ".join(missing_sms)
                 + "; email needs " + ", ".join(missing_email) + ". Give them, or keep the shop inactive "
                 "until it can send (active=false; --inactive in the CLI).")
+
+
+def _matching(value: str | None, pattern: re.Pattern, what: str) -> str | None:
+    """`value` without surrounding blanks if it matches `pattern`; else "… is not {what}"."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
 
 
 def _e164(value: str | None) -> str | None:
