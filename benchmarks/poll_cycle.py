@@ -44,7 +44,9 @@ def _create_shops(url: str, standins, count: int, orders_per_shop: int) -> list[
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         for i in range(count):
             key = f"bench-{i}-{uuid.uuid4().hex[:8]}"
-            create_shop(conn, f"bench-{i:04d}", f"Bench shop {i}", ShopChanges(shopmonkey_api_key=key))
+            create_shop(conn, f"bench-{i:04d}", f"Bench shop {i}", ShopChanges(  # an active shop must be able to send
+                shopmonkey_api_key=key, sendgrid_api_key="SG.bench-key-0123456789abcdef",
+                sendgrid_sender="service@bench.example", postal_address="1 Bench St, Austin, TX 78701"))
             standins.shopmonkey.add_shop(key)
             for _ in range(orders_per_shop):
                 standins.shopmonkey.create_order(key, order={"createdDate": yesterday, "updatedDate": yesterday},

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from lead_orchestrator.database_setup import database_url_for
 from lead_orchestrator.migrations import apply_migrations
-from lead_orchestrator.settings import get_settings
-from lead_orchestrator.shops import SECRET_FIELDS, ShopChanges, create_shop, get_shop, list_shops, update_shop
+from lead_orchestrator.settings import ConfigError, get_settings
+from lead_orchestrator.shops import (SECRET_FIELDS, ShopCannotSend, ShopChanges, create_shop, get_shop, list_shops,
+                                    update_shop)
 
 
 @click.group(help="Lead Orchestrator: answers new ShopMonkey estimates by text and email within seconds.")
@@ -19,6 +20,10 @@ def main() -> None:
     from lead_orchestrator import redaction
 
     redaction.install()
+    try:
+        get_settings()  # configuration is input: checked before any command runs
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command(help="Start everything: database, stand-ins (unless real vendors are configured), "
@@ -59,7 +64,7 @@ def dispatcher(workers: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
-        db = Database(url, max_size=workers + 2, name="dispatcher").open()
+        db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
         reporter = DagsterReporter() if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
@@ -163,7 +168,8 @@ def _changes(values: dict) -> ShopChanges:
         return ShopChanges(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise click.BadParameter(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise click.BadParameter(f"{'.'.join(map(str, first['loc']))}: {message}") from None
 
 
 def _describe(shop) -> dict:
@@ -190,6 +196,8 @@ def shops_add(slug: str, **values) -> None:
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
                 shop = create_shop(conn, slug, name, changes)
+            except ShopCannotSend as exc:
+                raise click.ClickException(str(exc)) from None
             except psycopg.errors.UniqueViolation:
                 raise click.ClickException(f"a shop named {slug!r} exists already (use `shops update`)") from None
             except psycopg.errors.CheckViolation:
@@ -204,7 +212,10 @@ def shops_update(slug: str, **values) -> None:
     changes = _changes(values)
     with database_url_for(get_settings()) as (url, _):
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            shop = update_shop(conn, slug, changes)
+            try:
+                shop = update_shop(conn, slug, changes)
+            except ShopCannotSend as exc:
+                raise click.ClickException(str(exc)) from None
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
     click.echo(json.dumps(_describe(shop), indent=2))

@@ -55,10 +55,11 @@ class ShopSummary:
 
 
 def claim_events(db, claimer: str, limit: int = 500) -> list[tuple[int, int]]:
-    with db.system_tx() as conn:
-        rows = conn.execute("SELECT tenant_id, event_id FROM claim_inbox_events(%s, %s, interval '5 minutes')",
-                            (claimer, limit)).fetchall()
-    return [(r["tenant_id"], r["event_id"]) for r in rows]
+    # Under this process's claim lease: if the process dies, its events are claimable
+    # again at once, not after the 5-minute stale rule (lead_orchestrator/claim_lease.py).
+    from lead_orchestrator.claim_lease import claim_under_lease
+
+    return claim_under_lease(db, claimer, limit)
 
 
 def process_claimed_events(db, vendors, claimed: list[tuple[int, int]], *, now=utcnow) -> list[EventResult]:

@@ -2,6 +2,12 @@
 
 A `.env` file in the working directory may set them. Unset vendor base URLs mean the
 vendors' real hosts; an unset DATABASE_URL means an embedded PostgreSQL under DATA_DIR.
+
+Configuration is input: the base URLs (PUBLIC_BASE_URL and the vendors') are checked and
+normalised here, at start, once for every process: http or https, a host, no query, no
+credentials, no trailing slash (callback and unsubscribe links are built by appending
+"/webhooks/..." to them). A bad value stops the process with a message naming the
+variable (`ConfigError`) instead of producing links that lead nowhere.
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
@@ -22,8 +29,35 @@ SENDGRID_REAL_URL = "https://api.sendgrid.com"
 _HOST_NAME = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
+class ConfigError(ValueError):
+    """A setting's value cannot work; the message names the variable."""
+
+
+def base_url(value: str, variable: str) -> str:
+    """`value` as a base URL to append paths to: http(s)://host[:port][/path], without a
+    trailing slash. Raises ConfigError naming `variable` otherwise."""
+    text = value.strip()
+    shown = text if "@" not in text else "(a URL with credentials)"  # never echo a password
+    example = f"e.g. {variable}=https://hooks.example.com"
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not text.lower().startswith(f"{parts.scheme.lower()}://"):
+        raise ConfigError(f"{variable} must start with http:// or https:// ({example}); got {shown!r}")
+    try:
+        port_ok = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_ok = False
+    if not parts.hostname or not port_ok:
+        raise ConfigError(f"{variable} must name a host (and a valid port, if any) ({example}); got {shown!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{variable} must not contain credentials; got {shown!r}")
+    if parts.query or parts.fragment or text.endswith(("?", "#")):
+        raise ConfigError(f"{variable} must not have a query or a fragment; got {shown!r}")
+    return urlunsplit((parts.scheme.lower(), parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+    # hide_input_in_errors: a validation error never repeats a value (some hold secrets).
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL", repr=False)  # may hold a password
     shopmonkey_base_url: str = Field(default=SHOPMONKEY_REAL_URL, alias="SHOPMONKEY_BASE_URL")
@@ -70,6 +104,11 @@ class Settings(BaseSettings):
         if not _HOST_NAME.fullmatch(value):
             raise ValueError(f"INBOUND_PARSE_DOMAIN {value!r} is not a host name (e.g. reply.example.com)")
         return value
+
+    @field_validator("public_base_url", "shopmonkey_base_url", "twilio_api_base_url", "sendgrid_api_base_url")
+    @classmethod
+    def _base_url(cls, value: str, info: ValidationInfo) -> str:
+        return base_url(value, cls.model_fields[info.field_name].alias)
 
     def secret_key(self) -> str:
         from lead_orchestrator import redaction
@@ -123,4 +162,17 @@ def _generated(path: Path, make) -> str:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings; ConfigError (one line per bad variable) if any is unusable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        variable = ".".join(str(part) for part in error["loc"])
+        lines.append(message if message.startswith(variable) else f"{variable}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

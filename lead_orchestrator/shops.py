@@ -1,6 +1,12 @@
 """Shops (tenants): their settings, read inside a tenant transaction, and the admin
 operations behind the `shops` CLI.
 
+What an administrator gives is checked here (`ShopChanges`), so the CLI and any other
+entry point refuse the same mistakes: Twilio account SIDs (AC + 32 hex digits), senders
+(E.164 or a Messaging Service SID, MG + 32 hex digits), SendGrid key shape (SG.…), e-mail
+senders, IANA time zones; and an active shop must be able to send something (SMS or
+email), else it is refused, saying what is missing.
+
 Secret fields are pydantic SecretStr so that they print as '**********' in logs,
 exceptions, reprs and CLI output. In the table they are Fernet ciphertext
 (lead_orchestrator.secret_box): every writer here encrypts, every reader decrypts.
@@ -8,6 +14,7 @@ exceptions, reprs and CLI output. In the table they are Fernet ciphertext
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +30,22 @@ EDITABLE_FIELDS = (
     "sendgrid_api_key", "sendgrid_sender", "send_window_start", "send_window_end",
     "max_lead_age_days", "settings", "sendgrid_event_public_key",
 )
+
+
+# What a shop needs to send through each channel (touches.py: email also needs the
+# postal address its footer must carry).
+SMS_FIELDS = ("twilio_account_sid", "twilio_auth_token", "twilio_sender")
+EMAIL_FIELDS = ("sendgrid_api_key", "sendgrid_sender", "postal_address")
+TWILIO_ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
+MESSAGING_SERVICE_SID = re.compile(r"MG[0-9a-f]{32}")
+# SendGrid keys are "SG." and two base64url parts joined by a dot; only the shape that
+# catches a wrong paste (another vendor's key, a truncated one) is checked.
+SENDGRID_API_KEY = re.compile(r"SG\.[A-Za-z0-9_.-]{16,}")
+EMAIL_ADDRESS = re.compile(r"[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+
+
+class ShopCannotSend(ValueError):
+    """An active shop without a complete SMS or email configuration."""
 
 
 class Shop(BaseModel):
@@ -103,17 +126,40 @@ class ShopChanges(BaseModel):
                 raise ValueError(f"unknown time zone {value!r} (use an IANA name like America/Chicago)")
         return value
 
-    @field_validator("twilio_sender", "shop_phone")
+    @field_validator("twilio_sender")
     @classmethod
     def _e164_or_service(cls, value: str | None) -> str | None:
-        if value is None or value.startswith("MG"):
-            return value  # a Messaging Service SID is a valid sender
-        from lead_orchestrator.contact_points import normalize_phone
+        if value is not None and value.strip().startswith("MG"):  # a Messaging Service SID is a valid sender
+            return _matching(value, MESSAGING_SERVICE_SID, "a Messaging Service SID ('MG' and 32 hexadecimal digits)")
+        return _e164(value)
 
-        normalized = normalize_phone(value)
-        if normalized is None:
-            raise ValueError(f"{value!r} is not a valid phone number (E.164, e.g. +15125550100)")
-        return normalized
+    @field_validator("shop_phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return _e164(value)
+
+    @field_validator("twilio_account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        return _matching(value, TWILIO_ACCOUNT_SID,
+                         "a Twilio account SID ('AC' and 32 hexadecimal digits, as shown in the Twilio Console)")
+
+    @field_validator("sendgrid_api_key")
+    @classmethod
+    def _sendgrid_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Never quotes the value: it is a secret.
+        if value is not None and not SENDGRID_API_KEY.fullmatch(value.get_secret_value().strip()):
+            raise ValueError("not a SendGrid API key (they start with 'SG.')")
+        return SecretStr(value.get_secret_value().strip()) if value is not None else None
+
+    @field_validator("sendgrid_sender")
+    @classmethod
+    def _email_sender(cls, value: str | None) -> str | None:
+        value = _matching(value, EMAIL_ADDRESS, "an e-mail address (e.g. service@yourshop.com)")
+        if value is None:
+            return None
+        local, _, domain = value.rpartition("@")
+        return f"{local}@{domain.lower()}"
 
     @model_validator(mode="after")
     def _window_in_order(self) -> "ShopChanges":
@@ -124,6 +170,52 @@ class ShopChanges(BaseModel):
     def present(self) -> dict[str, Any]:
         """The fields given, secrets still wrapped in SecretStr."""
         return {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
+
+    def check_can_send(self, current: Shop | None = None) -> None:
+        """Refuses (ShopCannotSend) a shop that would be active yet unable to send
+        anything: creating one (`current` None), or a change of an existing shop that
+        activates it or touches what it sends with. Other changes of an existing shop
+        that cannot send (made before this check) pass, so they can still be fixed."""
+        given = self.present()
+        values = {**(dict(current) if current is not None else {}), **given}
+        if not values.get("active", True):
+            return
+        if current is not None and not set(given) & {"active", *SMS_FIELDS, *EMAIL_FIELDS}:
+            return
+        missing_sms = [name for name in SMS_FIELDS if not _is_set(values.get(name))]
+        missing_email = [name for name in EMAIL_FIELDS if not _is_set(values.get(name))]
+        if missing_sms and missing_email:
+            raise ShopCannotSend(
+                "an active shop must be able to send SMS or email: SMS needs " + ", ".join(missing_sms)
+                + "; email needs " + ", ".join(missing_email) + ". Give them, or keep the shop inactive "
+                "until it can send (active=false; --inactive in the CLI).")
+
+
+def _matching(value: str | None, pattern: re.Pattern, what: str) -> str | None:
+    """`value` without surrounding blanks if it matches `pattern`; else "… is not {what}"."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
+def _e164(value: str | None) -> str | None:
+    if value is None:
+        return value
+    from lead_orchestrator.contact_points import normalize_phone
+
+    normalized = normalize_phone(value)
+    if normalized is None:
+        raise ValueError(f"{value!r} is not a valid phone number (E.164, e.g. +15125550100)")
+    return normalized
+
+
+def _is_set(value: Any) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return bool(value and str(value).strip())
 
 
 _COLUMNS = ", ".join(("id", "slug") + EDITABLE_FIELDS)
@@ -164,6 +256,7 @@ def tenant_id_for_slug(conn: psycopg.Connection, slug: str) -> int | None:
 def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopChanges,
                 box: SecretBox | None = None) -> Shop:
     box = box or default_box()
+    changes.check_can_send()
     values = _encrypted({"slug": slug, **changes.present(), "name": name}, box)
     cols = ", ".join(values)
     marks = ", ".join(f"%({c})s" for c in values)
@@ -179,6 +272,10 @@ def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
     values = _encrypted(changes.present(), box)
     if not values:
         return get_shop(conn, slug, box)
+    current = get_shop(conn, slug, box)
+    if current is None:
+        return None
+    changes.check_can_send(current)
     sets = ", ".join(f"{c} = %({c})s" for c in values)
     with conn.transaction():
         row = conn.execute(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 
 from lead_orchestrator.db import Database
+from lead_orchestrator.settings import base_url
 from lead_orchestrator.vendors import Vendors
 
 _databases: dict[str, Database] = {}
@@ -34,11 +35,12 @@ class VendorsResource(ConfigurableResource):
     inbound_parse_domain: str = ""  # empty: emails carry no reply address
 
     def vendors(self) -> Vendors:
+        # The same check and normalisation as the Settings object (these come from EnvVar).
         return Vendors(
-            shopmonkey_base_url=self.shopmonkey_base_url,
-            twilio_base_url=self.twilio_api_base_url,
-            sendgrid_base_url=self.sendgrid_api_base_url,
-            public_base_url=self.public_base_url,
+            shopmonkey_base_url=base_url(self.shopmonkey_base_url, "SHOPMONKEY_BASE_URL"),
+            twilio_base_url=base_url(self.twilio_api_base_url, "TWILIO_API_BASE_URL"),
+            sendgrid_base_url=base_url(self.sendgrid_api_base_url, "SENDGRID_API_BASE_URL"),
+            public_base_url=base_url(self.public_base_url, "PUBLIC_BASE_URL"),
             secret_key=self.app_secret_key,
             inbound_parse_domain=self.inbound_parse_domain.strip().lower().rstrip(".") or None,
         )

@@ -68,7 +68,9 @@ def _fuzz_setup(url: str, settings):
     shops = []
     for slug in ("fuzz-shop", "other-shop"):
         secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-        shops.append(create_shop(admin, slug, slug, ShopChanges(webhook_secret=secret)))
+        shops.append(create_shop(admin, slug, slug, ShopChanges(
+            webhook_secret=secret, sendgrid_api_key="SG.fuzz-key-0123456789abcdef", sendgrid_sender="service@fuzz.example",
+            postal_address="1 Fuzz St, Austin, TX 78701")))  # an active shop must be able to send
     db = Database(url, max_size=8, name="fuzz").open()
     app = create_app(settings.model_copy(update={"webhook_rate_limit": "1000000/second"}), db)
     with ThreadedServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:

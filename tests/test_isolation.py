@@ -302,8 +302,10 @@ def test_a_non_superuser_owner_migrates_and_isolation_holds(plain_owner_url):
     with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:
         assert owner.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
                              ).fetchone() == {"rolsuper": False, "rolbypassrls": False}
-        a = create_shop(owner, "plain-a", "A", ShopChanges(webhook_secret="whsec_plain_a_secret"))
-        b = create_shop(owner, "plain-b", "B", ShopChanges(webhook_secret="whsec_plain_b_secret"))
+        email = {"sendgrid_api_key": "SG.plain-key-0123456789abcdef", "sendgrid_sender": "service@plain.example",
+                 "postal_address": "1 Plain St, Austin, TX 78701"}  # an active shop must be able to send
+        a = create_shop(owner, "plain-a", "A", ShopChanges(webhook_secret="whsec_plain_a_secret", **email))
+        b = create_shop(owner, "plain-b", "B", ShopChanges(webhook_secret="whsec_plain_b_secret", **email))
         seed(owner, a.id), seed(owner, b.id)
         assert {s.slug for s in list_shops(owner)} == {"plain-a", "plain-b"}  # the owner sees all
     database = Database(plain_owner_url, max_size=2, name="plain").open()

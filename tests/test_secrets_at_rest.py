@@ -37,7 +37,7 @@ def raw_row(conn, slug: str) -> dict:
 def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admin, db):
     secrets = unique("readers")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    created = create_shop(admin, slug, "Encrypted", ShopChanges(**secrets))
+    created = create_shop(admin, slug, "Encrypted", ShopChanges(**secrets, active=False))
     stored = raw_row(admin, slug)
     for field, value in secrets.items():
         assert stored[field].startswith("fernet:"), field
@@ -57,7 +57,7 @@ def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admi
 def test_update_encrypts_the_new_value_and_keeps_the_others(admin):
     secrets = unique("update")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug, "Update", ShopChanges(**secrets))
+    create_shop(admin, slug, "Update", ShopChanges(**secrets, active=False))
     before = raw_row(admin, slug)
     shop = update_shop(admin, slug, ShopChanges(twilio_auth_token="tw-rotated-token-0123456789"))
     after = raw_row(admin, slug)
@@ -70,15 +70,15 @@ def test_update_encrypts_the_new_value_and_keeps_the_others(admin):
 
 def test_ciphertexts_differ_for_equal_secrets(admin):
     slug_a, slug_b = "enc-" + uuid.uuid4().hex[:8], "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug_a, "A", ShopChanges(webhook_secret="whsec_same_value_123"))
-    create_shop(admin, slug_b, "B", ShopChanges(webhook_secret="whsec_same_value_123"))
+    create_shop(admin, slug_a, "A", ShopChanges(webhook_secret="whsec_same_value_123", active=False))
+    create_shop(admin, slug_b, "B", ShopChanges(webhook_secret="whsec_same_value_123", active=False))
     assert raw_row(admin, slug_a)["webhook_secret"] != raw_row(admin, slug_b)["webhook_secret"]
 
 
 def test_a_wrong_key_fails_clearly_without_the_value(admin):
     secrets = unique("wrongkey")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug, "Wrong key", ShopChanges(**secrets))
+    create_shop(admin, slug, "Wrong key", ShopChanges(**secrets, active=False))
     with pytest.raises(SecretKeyError) as caught:
         get_shop(admin, slug, SecretBox([Fernet.generate_key().decode()]))
     message = str(caught.value)
@@ -133,7 +133,7 @@ def test_rotation_re_encrypts_every_row_under_the_new_key(scratch_url):
     shops = {f"rot-{i}": unique(f"rot{i}") for i in range(3)}
     with psycopg.connect(scratch_url, autocommit=True, row_factory=dict_row) as conn:
         for slug, secrets in shops.items():
-            create_shop(conn, slug, slug, ShopChanges(**secrets), old_box)
+            create_shop(conn, slug, slug, ShopChanges(**secrets, active=False), old_box)
         counts = rotate_secrets(conn, SecretBox([new, old]))
         assert sum(counts.values()) == 3 * len(SECRET_FIELDS)
         new_only = SecretBox([new])
@@ -179,7 +179,7 @@ def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, sc
     monkeypatch.setenv("LEAD_ENCRYPTION_KEY", old)
     cli_env()
     secrets = unique("cli")
-    out = _cli("shops", "add", "cli-shop", "--webhook-secret", secrets["webhook_secret"],
+    out = _cli("shops", "add", "cli-shop", "--inactive", "--webhook-secret", secrets["webhook_secret"],
                "--twilio-auth-token", secrets["twilio_auth_token"])
     assert json.loads(out)["webhook_secret"] == "set"
     assert not any(v in out for v in secrets.values())
@@ -203,7 +203,7 @@ def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, sc
 def test_rotate_encryption_key_command_in_local_mode_replaces_the_key_file(cli_env, monkeypatch, scratch_url, tmp_path):
     monkeypatch.delenv("LEAD_ENCRYPTION_KEY", raising=False)
     cli_env()
-    _cli("shops", "add", "local-shop", "--sendgrid-api-key", "SG.local-mode-secret-0123456789")
+    _cli("shops", "add", "local-shop", "--inactive", "--sendgrid-api-key", "SG.local-mode-secret-0123456789")
     key_file = tmp_path / "data" / "encryption_key"
     first = key_file.read_text().strip()
     assert (key_file.stat().st_mode & 0o777) == 0o600

@@ -79,6 +79,9 @@ async def shop_for(request: Request, tenant: str) -> Shop:
     """The active shop named `tenant` (404 if none), from a short-lived cache."""
     hit, shop = request.app.state.shops.cached(tenant)
     if not hit:
+        availability = request.app.state.db.availability
+        if availability is not None and not availability.up:
+            raise database_unavailable()  # at once, without the hop to a worker thread
         try:
             shop = await run_in_threadpool(request.app.state.shops.get, request.app.state.db, tenant)
         except DATABASE_ERRORS:

@@ -7,6 +7,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,18 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def unexpected_error_response(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ClientDisconnect):
+        return client_gone_response(request)
     # The details go to the log (where known secrets are redacted), never to the client.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "the request could not be handled")
+
+
+def client_gone_response(request: Request) -> JSONResponse:
+    """The client hung up before its request was read: nothing was stored and nobody is
+    listening for the answer. Routine on the internet, so one INFO line, no traceback."""
+    log.info("client disconnected before its request was read: %s %s", request.method, request.url.path)
+    return error_response(400, "client_disconnected", "the request body was not received in full")
 
 
 def install(app) -> None:
@@ -38,6 +48,10 @@ def install(app) -> None:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _: ClientDisconnect):
+        return client_gone_response(request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

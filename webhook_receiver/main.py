@@ -17,6 +17,9 @@ from webhook_receiver.hot_route import ReceiverApp
 from webhook_receiver.inbox_writer import InboxWriter
 from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, twilio, unsubscribe
 
+# How long a request waits for a pooled connection (shop look-ups, callbacks, /readyz).
+POOL_TIMEOUT_S = 1.0
+
 
 def tune_garbage_collector() -> None:
     """Fewer, cheaper collections. With the default thresholds the cyclic collector ran
@@ -38,8 +41,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         owned = db is None
-        app.state.db = db or Database(settings.database_url, max_size=8, name="receiver").open(wait=False)
-        app.state.inbox_writer = InboxWriter(app.state.db.url).start()
+        # fail_fast and a short pool timeout: a sender gets its 503 at once while the
+        # database is down, not after waiting for a connection that cannot come.
+        app.state.db = db or Database(settings.database_url, max_size=8, name="receiver",
+                                      timeout=POOL_TIMEOUT_S, fail_fast=True).open(wait=False)
+        app.state.inbox_writer = InboxWriter(app.state.db.url, availability=app.state.db.availability).start()
         tune_garbage_collector()
         try:
             yield
