@@ -197,11 +197,11 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - released for the next claim (or the safety net)
             if is_connection_error(exc):
                 log.warning("event %s of tenant %s interrupted: %s", event_id, tenant_id, short_reason(exc))
-                reason = "interrupted: the database connection was lost"
+                reason, unexpected = "interrupted: the database connection was lost", False
             else:
                 log.exception("event %s of tenant %s failed", event_id, tenant_id)
-                reason = "unexpected error in the dispatcher (see its log)"
-            self._give_back(tenant_id, event_id, reason)
+                reason, unexpected = "unexpected error in the dispatcher (see its log)", True
+            self._give_back(tenant_id, event_id, reason, unexpected)
             return
         finally:
             self._slots.release()
@@ -209,9 +209,9 @@ class Dispatcher:
             self._results.append(result)
             self.processed += 1
 
-    def _give_back(self, tenant_id: int, event_id: int, reason: str) -> None:
+    def _give_back(self, tenant_id: int, event_id: int, reason: str, unexpected: bool) -> None:
         try:
-            release_event(self.db, tenant_id, event_id, reason)
+            release_event(self.db, tenant_id, event_id, reason, unexpected=unexpected)
         except psycopg.Error as exc:
             # The database is away: the event stays claimed under this process's lease,
             # which the outage ended, so it is claimable again once the database is back.

@@ -300,19 +300,24 @@ def _done(db, result: EventResult, outcome: str, note: str) -> EventResult:
     return result
 
 
-def release_event(db, tenant_id: int, event_id: int, error: str) -> str:
-    """An unexpected error escaped processing (a bug, a database hiccup): the event goes
-    back to the queue with backoff, and after a few such errors it is dead-lettered with
-    its reason rather than retried forever. Returns the outcome ("retry" or "dead")."""
+def release_event(db, tenant_id: int, event_id: int, error: str, *, unexpected: bool = True) -> str:
+    """An unexpected error escaped processing (a bug): the event goes back to the queue
+    with backoff, and after a few such errors it is dead-lettered with its reason rather
+    than retried forever. `unexpected=False` (the work was interrupted, e.g. the database
+    connection dropped) gives it back at once and spends nothing. Returns the outcome
+    ("retry" or "dead")."""
     with db.tenant_tx(tenant_id) as conn:
         event = conn.execute("SELECT e.object_id, e.unexpected_errors, t.slug FROM inbox_events e "
                              "JOIN tenants t ON t.id = e.tenant_id WHERE e.id = %s", (event_id,)).fetchone()
     if event is None:
         return "retry"
-    decision = retry_policy.after_failure(retry_policy.UNEXPECTED, error, attempts=0,
-                                          unexpected_errors=event["unexpected_errors"], now=utcnow(),
-                                          deadline=utcnow())
-    _apply(db, tenant_id, event_id, decision, unexpected=True)
+    if unexpected:
+        decision = retry_policy.after_failure(retry_policy.UNEXPECTED, error, attempts=0,
+                                              unexpected_errors=event["unexpected_errors"], now=utcnow(),
+                                              deadline=utcnow())
+    else:
+        decision = retry_policy.Decision("retry", error, spends_attempt=False)
+    _apply(db, tenant_id, event_id, decision, unexpected=unexpected)
     log.warning("shop %s order %s (event %s): %s -> %s", event["slug"], event["object_id"], event_id,
                 decision.reason, decision.action)
     return "dead" if decision.action == "dead" else "retry"
