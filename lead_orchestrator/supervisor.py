@@ -2,7 +2,8 @@
 
 A child that exits is started again after a capped exponential backoff (1 s, 2 s, 4 s …
 up to `max_delay`; a run that lasted `stable_after` seconds starts the backoff over).
-A child that exits `crash_loop_exits` times within `crash_loop_window` seconds is in a
+A child that exits `crash_loop_exits` times within `crash_loop_window` seconds, or that
+many times in a row without running `stable_after` seconds (a slow starter), is in a
 crash loop: that is reported once, loudly, with the end of its log, on the console and
 in DATA_DIR/logs/supervisor.log; it is still retried at the capped pace and the other
 children are never touched. `DATA_DIR/supervisor.json` holds each child's pid and state
@@ -300,10 +301,11 @@ class Supervisor:
         delay = self.policy.delay(slot.failures)
         slot.next_start = now + delay
         name = slot.child.name
-        if len(slot.exits) >= self.policy.crash_loop_exits and not slot.crash_loop:
+        looping = max(len(slot.exits), slot.failures) >= self.policy.crash_loop_exits
+        if looping and not slot.crash_loop:
             slot.crash_loop = True
             self._report(
-                f"CRASH LOOP: {name} exited {len(slot.exits)} times within "
+                f"CRASH LOOP: {name} exited {slot.failures} times in a row, {len(slot.exits)} within the last "
                 f"{self.policy.crash_loop_window:.0f}s (last: {how} after {ran:.1f}s). The other processes "
                 f"keep running; {name} is retried every {self.policy.max_delay:.0f}s at most."
                 + self._log_excerpt(slot))
