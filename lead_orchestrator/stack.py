@@ -255,10 +255,11 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
     choice = choose_vendors(settings, vendors)
-    ports = {"RECEIVER_PORT": settings.receiver_port, "DAGSTER_PORT": settings.dagster_port}
+    ports = {"DAGSTER_PORT": settings.dagster_port}
     if choice.standins:
         ports.update({f"{name.upper()}_STANDIN_PORT": port for name, port in standin_ports(settings).items()})
-    busy = ports_in_use("127.0.0.1", ports)
+    busy = (ports_in_use(settings.receiver_host, {"RECEIVER_PORT": settings.receiver_port})
+            + ports_in_use("127.0.0.1", ports))
     if busy:
         say(f"could not start: something already listens on {', '.join(busy)}; "
             "stop it or choose other ports (README, Configuration)")

@@ -42,7 +42,7 @@ class RestartPolicy:
     initial_delay: float = 1.0
     max_delay: float = 30.0
     stable_after: float = 30.0
-    crash_loop_exits: int = 5
+    crash_loop_exits: int = 4
     crash_loop_window: float = 60.0
 
     def delay(self, consecutive_failures: int) -> float:
@@ -103,6 +103,11 @@ def stop_process_groups(procs: list[subprocess.Popen], timeout: float = 15.0) ->
             pass
         signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
+    # SIGKILL is delivered at once, but a process takes a moment to go: return only once
+    # the groups are empty, so that whoever stopped us finds nothing left running.
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(signal_group(p.pid, 0) for p in procs):
+        time.sleep(0.05)
 
 
 class ProcessChild:
@@ -162,6 +167,7 @@ class _Slot:
     ready_seen: bool = False
     hook_done: bool = False
     hook_retry_at: float = 0.0
+    hook_error: str | None = None
     failures: int = 0  # short runs in a row
     exits: deque = field(default_factory=deque)  # monotonic times of recent exits
     next_start: float | None = None
@@ -262,7 +268,7 @@ class Supervisor:
             return
         slot.running, slot.started_at = True, time.monotonic()
         slot.ready_seen = slot.hook_done = False
-        slot.hook_retry_at = 0.0
+        slot.hook_retry_at, slot.hook_error = 0.0, None
         slot.starts += 1
         if slot.starts > 1:
             self._report(f"{slot.child.name} restarted (pid {slot.pid}, start {slot.starts})")
@@ -281,7 +287,9 @@ class Supervisor:
                 slot.hook_done = changed = True
             except Exception as exc:  # noqa: BLE001 - retried; the child itself runs
                 slot.hook_retry_at = now + 2.0
-                self._report(f"{slot.child.name}: set-up after start failed ({exc}); trying again in 2 s")
+                if str(exc) != slot.hook_error:  # once per distinct error, not every 2 s
+                    slot.hook_error = str(exc)
+                    self._report(f"{slot.child.name}: set-up after start failed ({exc}); trying again every 2 s")
         if slot.failures and now - slot.started_at >= self.policy.stable_after:
             if slot.crash_loop:
                 self._report(f"{slot.child.name} recovered from its crash loop: running for "
