@@ -249,8 +249,9 @@ def say_vendors(choice: VendorChoice, shops: list) -> None:
 def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
     """`vendors`: "standins", "real" or None (see choose_vendors)."""
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGHUP too: a closed terminal must not leave the children running without us.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
 
     data_dir = settings.data_dir.resolve()
     log_dir = data_dir / "logs"
@@ -331,9 +332,13 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
             print(flush=True)
             if choice.standins and demo and supervisor.is_ready("standins"):
                 started = time.monotonic()
-                order_id = create_demo_estimate(demo_shop, urls)
-                say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
-                wait_for_first_touch(urls, started, supervisor, stop)
+                try:
+                    order_id = create_demo_estimate(demo_shop, urls)
+                except httpx.HTTPError as exc:  # the stack runs on; only the demo is skipped
+                    say(f"could not create the demo estimate ({exc}); see {log_dir / 'standins.log'}")
+                else:
+                    say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
+                    wait_for_first_touch(urls, started, supervisor, stop)
             say("running; a process that stops is restarted; Ctrl-C stops everything")
             supervisor.run(stop)
             return 0
