@@ -26,14 +26,19 @@ def main() -> None:
         raise click.ClickException(str(exc)) from None
 
 
-@main.command(help="Start everything: database, stand-ins (unless real vendors are configured), "
-                   "receiver, Dagster webserver and daemon. Ctrl-C stops it all.")
-@click.option("--real-vendors", is_flag=True, help="Never start the local stand-ins.")
+@main.command(help="Start everything: database, stand-ins (unless real vendors are chosen), receiver, "
+                   "dispatcher, Dagster webserver and daemon, each restarted if it stops. Ctrl-C stops it all. "
+                   "Vendors: --standins/--real-vendors, else LEAD_VENDORS, else the stand-ins unless a "
+                   "vendor base URL (SHOPMONKEY_BASE_URL, …) is set.")
+@click.option("--real-vendors", "vendors", flag_value="real",
+              help="Use the vendor base URLs as configured (default: the real APIs); no stand-ins.")
+@click.option("--standins", "vendors", flag_value="standins",
+              help="Start the local stand-ins and point every shop at them.")
 @click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
-def up(real_vendors: bool, no_demo: bool) -> None:
+def up(vendors: str | None, no_demo: bool) -> None:
     from lead_orchestrator.stack import run_stack
 
-    sys.exit(run_stack(get_settings(), real_vendors=real_vendors, demo=not no_demo))
+    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo))
 
 
 @main.command(help="Apply pending schema migrations (safe to run any time).")

