@@ -1,6 +1,7 @@
 """The touch-point engine through its plain functions, time driven by a test clock:
-each step once at its time, transient errors retried, permanent ones recorded, and an
-ambiguous outcome (crash or dropped connection) never sent a second time."""
+each step once at its time, transient errors (nothing taken: 429) retried, permanent
+ones recorded, and an ambiguous outcome (crash, dropped connection, 5xx) never sent a
+second time."""
 from __future__ import annotations
 
 import datetime as dt
@@ -66,10 +67,10 @@ def test_throttled_sends_retry_inside_the_run_with_backoff(db, rig, admin, stand
 
 def test_transient_errors_beyond_the_run_go_back_to_the_schedule(db, rig, admin, standins):
     shop, clock, vendors, lead, phone, _ = rig
-    standins.twilio.fail_next(3, status=503)  # the run's three quick attempts all fail
+    standins.twilio.throttle_next(3)  # the run's three quick attempts are all refused with 429
     tick(db, vendors, clock, shop)
     touch = touches_of(admin, lead["id"])[(0, "sms")]
-    assert (touch["status"], touch["reason"], touch["error_code"]) == ("scheduled", "retry:20503", "20503")
+    assert (touch["status"], touch["reason"], touch["error_code"]) == ("scheduled", "retry:20429", "20429")
     assert touch["send_after"] == T0 + dt.timedelta(minutes=1)  # backoff counts from the reservation
     clock.advance(seconds=30)
     tick(db, vendors, clock, shop)
@@ -82,14 +83,14 @@ def test_transient_errors_beyond_the_run_go_back_to_the_schedule(db, rig, admin,
 
 def test_transient_errors_give_up_after_five_reservations(db, rig, admin, standins):
     shop, clock, vendors, lead, phone, _ = rig
-    standins.twilio.fail_next(1000, status=500)
+    standins.twilio.throttle_next(1000)
     try:
         for _ in range(8):
             tick(db, vendors, clock, shop)
             clock.advance(minutes=20)
     finally:
         with standins.twilio._lock:
-            standins.twilio.modes.fail.clear()
+            standins.twilio.modes.throttle = 0
     touch = touches_of(admin, lead["id"])[(0, "sms")]
     assert (touch["status"], touch["reason"], touch["attempts"]) == ("failed", "transient_errors_exhausted", 5)
     assert len([c for c in vendors.calls if c.to == phone and c.body == touch["body"]]) == 5 * 3
