@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 
 from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event, summarize
+from lead_orchestrator.send_reconcile import start_send_reconciler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Dispatcher:
 
     def run(self, stop: threading.Event) -> None:
         preload_vendor_sdks()
+        start_send_reconciler(self.db, self.vendors, stop)  # crashed senders' reservations, unknown outcomes
         listen = psycopg.connect(self.db.url, autocommit=True)
         listen.execute("LISTEN inbox_events")
         # Tells the inbox sensor that a fast path is alive (see fast_path_alive()).

@@ -97,8 +97,13 @@ def describe(event: dict, tz: ZoneInfo) -> str:
     if kind == "touch_failed":
         return f"{what} failed: {reason}" + (f" (code {d['code']})" if d.get("code") else "")
     if kind == "touch_unknown":
-        return (f"{what} outcome unknown ({reason}): the provider may have it; "
-                "never re-sent automatically")
+        return (f"{what} outcome unknown ({reason}): the provider may have it; not sent again "
+                "unless the provider proves it never took it")
+    if kind == "touch_replanned":
+        return f"{what} owed again once: the provider has no such message ({d.get('detail') or reason})"
+    if kind == "touch_unresolved":
+        extra = d.get("detail") if d.get("detail") and d["detail"] not in (reason or "") else None
+        return f"{what} outcome stays unknown ({reason}{'; ' + extra if extra else ''})"
     if kind in ("touch_skipped", "touch_cancelled"):
         return f"{what} not sent: {reason}"
     if kind in ("touches_cancelled", "touches_skipped"):
@@ -142,7 +147,8 @@ def format_timeline(shop, t: LeadTimeline) -> str:
     lines += ["", "Touches (shop time)", f"  {'step':<5}{'channel':<8}{'status':<11}{'due':<26}{'sent / next':<26}detail"]
     for x in t.touches:
         at = x["sent_at"] if x["status"] == "sent" else (x["send_after"] if x["status"] in ("scheduled", "deferred") else None)
-        detail = "; ".join(p for p in (x["reason"], x["delivery_status"] and f"delivery {x['delivery_status']}",
+        asking = x["status"] == "unknown" and x.get("resolve_after") and f"asking the provider {_when(x['resolve_after'], tz)}"
+        detail = "; ".join(p for p in (x["reason"], asking, x["delivery_status"] and f"delivery {x['delivery_status']}",
                                        x["error_code"] and f"code {x['error_code']}") if p)
         lines.append(f"  {x['step']:<5}{x['channel']:<8}{x['status']:<11}{_when(x['due_at'], tz):<26}"
                      f"{_when(at, tz):<26}{detail}")
