@@ -36,28 +36,27 @@ def _read_request(conn: socket.socket) -> None:
         body += chunk
 
 
-class MisbehavingServer:
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.requests = 0
+class _Listener:
+    """A loopback listener whose thread hands each accepted connection to `_handle`
+    until `close()`."""
+
+    def __init__(self, port: int = 0):
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
         self._sock.listen(16)
         self._sock.settimeout(0.1)  # accept() wakes up to see the stop flag
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._held: list[socket.socket] = []
+        self._open: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> "MisbehavingServer":
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self._sock.close()
-        for conn in self._held:
+        for conn in self._open:
             conn.close()
 
     def _serve(self) -> None:
@@ -68,28 +67,47 @@ class MisbehavingServer:
                 continue
             except OSError:
                 return
-            conn.settimeout(10)  # (accepted sockets inherit the listener's timeout otherwise)
-            if self.mode == "not_tls":
-                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                conn.close()
-                continue
-            try:
-                _read_request(conn)
-            except OSError:
-                conn.close()
-                continue
-            self.requests += 1
-            if self.mode == "close":
-                conn.close()
-            elif self.mode == "reset":  # RST instead of FIN
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
-            elif self.mode == "partial":
-                conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 400\r\n\r\n{\"sid\": \"SM")
-                conn.close()
-            else:  # hang: keep the connection, never answer
-                self._held.append(conn)
+            conn.settimeout(10)  # accepted sockets would inherit the listener's 0.1 s
+            self._open.append(conn)
+            self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class MisbehavingServer(_Listener):
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.requests = 0
+        super().__init__()
+
+    def __enter__(self) -> "MisbehavingServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        if self.mode == "not_tls":
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+            return
+        try:
+            _read_request(conn)
+        except OSError:
+            conn.close()
+            return
+        self.requests += 1
+        if self.mode == "close":
+            conn.close()
+        elif self.mode == "reset":  # RST instead of FIN
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+        elif self.mode == "partial":
+            conn.sendall(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 400\r\n\r\n{\"sid\": \"SM")
+            conn.close()
+        # hang: keep the connection open, never answer
 
 
 def refused_url() -> str:
@@ -124,41 +142,19 @@ def unresponsive_listener():
         listener.close()
 
 
-class Forwarder:
+class Forwarder(_Listener):
     """Relays every connection on `port` to `target_port` (both on loopback)."""
 
     def __init__(self, port: int, target_port: int):
         self._target = target_port
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
-        self._sock.listen(16)
-        self._sock.settimeout(0.1)
-        self._closed = threading.Event()
-        self._open: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(port)
 
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-        for s in self._open:
-            s.close()
-
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            upstream = socket.create_connection(("127.0.0.1", self._target))
-            self._open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+    def _handle(self, client: socket.socket) -> None:
+        client.settimeout(None)
+        upstream = socket.create_connection(("127.0.0.1", self._target))
+        self._open.append(upstream)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

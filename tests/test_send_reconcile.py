@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -22,8 +20,8 @@ from lead_orchestrator.touch_runner import send_due_touches
 from tests.conftest import emails_to, sms_to
 from tests.faulty_endpoints import Forwarder, refused_url
 from tests.support import free_port, wait_for
-from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, events_of, insert_lead, touches_of,
-                                      unique_email, unique_phone)
+from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, events_of, insert_lead,
+                                      kill_a_sender_mid_send, touches_of, unique_email, unique_phone)
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=UTC)
 SETTLE = {"sms": SMS_SETTLE, "email": EMAIL_SETTLE}
@@ -254,46 +252,13 @@ def test_the_database_allows_one_replan_only(db, rig, admin):
         admin.execute("UPDATE touches SET replanned = false WHERE id = %s", (touch_id,))
 
 
-KILLED_SENDER = """
-import datetime as dt, os, sys
-from lead_orchestrator.db import Database
-from lead_orchestrator.shops import load_shop
-from lead_orchestrator.touches import send_touch
-from lead_orchestrator.vendors import Vendors
-
-url, tenant_id, touch_id, channel, now, twilio, sendgrid, public, secret = sys.argv[1:]
-db = Database(url, max_size=2).open()
-vendors = Vendors(shopmonkey_base_url="http://127.0.0.1:9", twilio_base_url=twilio, sendgrid_base_url=sendgrid,
-                  public_base_url=public, secret_key=secret)
-
-class DiesAfterSending:
-    def __init__(self, inner):
-        self.inner = inner
-    def send(self, *args, **kwargs):
-        self.inner.send(*args, **kwargs)
-        os._exit(137)  # killed after the vendor took it, before the outcome is committed
-
-real = getattr(vendors, channel)
-setattr(vendors, channel, lambda shop: DiesAfterSending(real(shop)))
-with db.tenant_tx(int(tenant_id)) as conn:
-    shop = load_shop(conn, int(tenant_id))
-send_touch(db, shop, int(touch_id), vendors, now=dt.datetime.fromisoformat(now))
-"""
-
-
-def kill_a_sender_mid_send(database_url, settings, standins, public_url, shop, touch_id, channel, now):
-    proc = subprocess.run([sys.executable, "-c", KILLED_SENDER, database_url, str(shop.id), str(touch_id), channel,
-                           now.isoformat(), standins.twilio_url, standins.sendgrid_url, public_url,
-                           settings.secret_key()], capture_output=True, timeout=120)
-    assert proc.returncode == 137, proc.stderr.decode()[-2000:]
-
-
 @pytest.mark.parametrize("channel", ["sms", "email"])
 def test_a_killed_senders_reservation_is_settled_within_seconds(db, rig, admin, standins, database_url, settings,
                                                                channel, email_activity):
     shop, clock, vendors, lead, to = rig
     touch = touches_of(admin, lead["id"])[(0, channel)]
-    kill_a_sender_mid_send(database_url, settings, standins, vendors.public_base_url, shop, touch["id"], channel, T0)
+    kill_a_sender_mid_send(database_url, settings.secret_key(), standins, vendors.public_base_url, shop, touch["id"],
+                           channel, T0)
     assert touches_of(admin, lead["id"])[(0, channel)]["status"] == "sending"
     wait_until_sent(standins, channel, to[channel])
 
@@ -338,8 +303,8 @@ def test_the_dispatcher_settles_a_killed_senders_reservation_by_itself(db, vendo
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        kill_a_sender_mid_send(database_url, settings, standins, vendors.public_base_url, shop, touch["id"], "sms",
-                               now)
+        kill_a_sender_mid_send(database_url, settings.secret_key(), standins, vendors.public_base_url, shop,
+                               touch["id"], "sms", now)
         died = time.monotonic()
         wait_for(lambda: touches_of(admin, lead["id"])[(0, "sms")]["status"] == "sent", timeout=20,
                  message="the dispatcher settling the reservation")

@@ -15,7 +15,7 @@ from lead_orchestrator.touches import STALE_RESERVATION, send_touch
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, SimulatedCrash, events_of, insert_lead,
-                                      lead_row, touches_of, unique_email, unique_phone)
+                                      kill_a_sender_mid_send, lead_row, touches_of, unique_email, unique_phone)
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=UTC)  # a Tuesday, 09:00 in Chicago
 
@@ -284,43 +284,11 @@ def test_stale_threshold_is_well_above_a_provider_call():
     assert STALE_RESERVATION > dt.timedelta(seconds=3 * 10 + 3) * 2
 
 
-CRASHING_SENDER = """
-import datetime as dt, os, sys
-from lead_orchestrator.db import Database
-from lead_orchestrator.shops import load_shop
-from lead_orchestrator.touches import send_touch
-from lead_orchestrator.vendors import Vendors
-
-url, tenant_id, touch_id, now, twilio, sendgrid, public, secret = sys.argv[1:]
-db = Database(url, max_size=2).open()
-vendors = Vendors(shopmonkey_base_url="http://127.0.0.1:9", twilio_base_url=twilio, sendgrid_base_url=sendgrid,
-                  public_base_url=public, secret_key=secret)
-
-class DiesAfterSending:
-    def __init__(self, inner):
-        self.inner = inner
-    def send(self, *args, **kwargs):
-        self.inner.send(*args, **kwargs)
-        os._exit(137)  # killed after the provider took it, before the outcome is committed
-
-real_sms = vendors.sms
-vendors.sms = lambda shop: DiesAfterSending(real_sms(shop))
-with db.tenant_tx(int(tenant_id)) as conn:
-    shop = load_shop(conn, int(tenant_id))
-send_touch(db, shop, int(touch_id), vendors, now=dt.datetime.fromisoformat(now))
-"""
-
-
 def test_a_killed_sender_process_never_causes_a_second_message(db, rig, admin, standins, database_url, settings):
-    import subprocess
-    import sys
-
     shop, clock, vendors, lead, phone, _ = rig
     touch = touches_of(admin, lead["id"])[(0, "sms")]
-    proc = subprocess.run([sys.executable, "-c", CRASHING_SENDER, database_url, str(shop.id), str(touch["id"]),
-                           T0.isoformat(), standins.twilio_url, standins.sendgrid_url, vendors.public_base_url,
-                           settings.secret_key()], capture_output=True, timeout=120)
-    assert proc.returncode == 137, proc.stderr.decode()[-2000:]
+    kill_a_sender_mid_send(database_url, settings.secret_key(), standins, vendors.public_base_url, shop, touch["id"],
+                           "sms", T0)
     assert touches_of(admin, lead["id"])[(0, "sms")]["status"] == "sending"
     assert len(sms_to(standins, phone)) == 1
 
