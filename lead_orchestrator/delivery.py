@@ -50,7 +50,8 @@ def _advance(conn: psycopg.Connection, touch: dict, status: str, progress: dict[
         (status, error_code, message_id, touch["id"], Jsonb(progress), progress[status]),
     ).fetchone()
     if touch["status"] == "unknown":
-        conn.execute("UPDATE touches SET status = 'sent', reason = 'confirmed_by_provider', updated_at = now() "
+        conn.execute("UPDATE touches SET status = 'sent', reason = 'confirmed_by_provider', resolve_after = NULL, "
+                     "sent_at = coalesce(sent_at, reserved_at), updated_at = now() "
                      "WHERE id = %s AND status = 'unknown'", (touch["id"],))
         lead_log.record(conn, touch["lead_id"], "touch_sent", step=touch["step"], channel=touch["channel"],
                         reason="confirmed_by_provider", at=at)

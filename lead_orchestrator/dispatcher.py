@@ -31,6 +31,7 @@ import psycopg
 
 from lead_orchestrator.db import is_connection_error, short_reason
 from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event, summarize
+from lead_orchestrator.send_reconcile import start_send_reconciler
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Dispatcher:
 
     def run(self, stop: threading.Event) -> None:
         preload_vendor_sdks()
+        start_send_reconciler(self.db, self.vendors, stop)  # crashed senders' reservations, unknown outcomes
         listen: psycopg.Connection | None = None
         delay = RECONNECT_MIN_S
         last_flush = time.monotonic()

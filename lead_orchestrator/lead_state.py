@@ -51,13 +51,15 @@ def end_lead(conn: psycopg.Connection, lead_id: int, status: str, reason: str, *
 
 
 def complete_if_done(conn: psycopg.Connection, lead_id: int, *, at: dt.datetime | None = None) -> bool:
-    """The last step is done (sent, failed, skipped or unknown): the lead is `completed`."""
+    """The last step is done (sent, failed, skipped, or unknown once the vendor has been
+    asked all there is to ask: send_reconcile): the lead is `completed`."""
     row = conn.execute(
         """UPDATE leads SET status = 'completed', status_reason = 'sequence_finished',
                   ended_at = coalesce(%s, now()), updated_at = now()
             WHERE id = %s AND status = 'active'
               AND NOT EXISTS (SELECT 1 FROM touches
-                               WHERE lead_id = %s AND status IN ('scheduled', 'deferred', 'sending'))
+                               WHERE lead_id = %s AND (status IN ('scheduled', 'deferred', 'sending')
+                                                       OR (status = 'unknown' AND resolve_after IS NOT NULL)))
         RETURNING id""",
         (at, lead_id, lead_id),
     ).fetchone()

@@ -1,29 +1,39 @@
-"""Sending through Twilio (SMS) and SendGrid (email) with their official SDKs, and the
-one classification the touch-point engine needs of every outcome:
+"""Sending through Twilio (SMS) and SendGrid (email) with their official SDKs, and asking
+them afterwards whether they have a message whose answer was lost.
 
-- sent:       the provider accepted it (we keep its message id);
-- permanent:  refused for good (invalid number, opted out): record, do not retry;
-- transient:  refused before anything was sent (429, 5xx, connection refused): retry later;
-- ambiguous:  we cannot know whether it was sent (timeout after the request went out):
-              record as `unknown` and never re-send automatically.
+What each outcome means (sent, permanent, transient, ambiguous) is decided in one place
+for both vendors: `send_outcomes`. This module only turns each SDK's answers and
+exceptions into those terms, and keeps every vendor field name to itself.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 from dataclasses import dataclass, field
 
+from lead_orchestrator.send_outcomes import (ABSENT, ERROR, FOUND, SENT, SIMILAR, UNAVAILABLE, Lookup,  # noqa: F401
+                                             SendResult, from_exception, from_http_status)
 # The vendor SDKs are imported where they are used: they are slow to import, and the
 # Dagster code location (re-imported by every run process) should stay light.
 
 # Twilio codes that will not change by trying again.
-TWILIO_PERMANENT_CODES = frozenset({21211, 21214, 21217, 21408, 21606, 21608, 21610, 21612, 21614, 21604})
-
-
-@dataclass(frozen=True)
-class SendResult:
-    outcome: str  # "sent" | "permanent" | "transient" | "ambiguous"
-    message_id: str | None = None
-    code: str | None = None
-    detail: str | None = None
+TWILIO_PERMANENT_CODES = frozenset(str(c) for c in (21211, 21214, 21217, 21408, 21606, 21608, 21610, 21612, 21614,
+                                                    21604))
+# How long Twilio may keep a message in its outgoing queue before giving up on it
+# (its default is 10 hours). Bounded, so that a message Twilio took is sent (and so
+# listed with a DateSent) or failed within the hour: see SMS_SETTLE.
+SMS_VALIDITY_SECONDS = 3600
+# After this long, Twilio's list of sent messages is complete for a send we reserved:
+# the validity period plus a margin. Only then does "not in the list" prove it was never
+# taken (send_resolution).
+SMS_SETTLE = dt.timedelta(seconds=SMS_VALIDITY_SECONDS) + dt.timedelta(minutes=30)
+# SendGrid lists a mail in Email Activity once it has processed it, normally within
+# minutes; the margin is wide because a duplicate is worse than a late email.
+EMAIL_SETTLE = dt.timedelta(hours=6)
+# A message the vendor created is dated within this span around our reservation (clock
+# skew between our database and the vendor, plus the provider call itself).
+MATCH_BEFORE = dt.timedelta(minutes=2)
+MATCH_AFTER = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -38,38 +48,81 @@ class OutgoingEmail:
     reply_to: tuple[str, str | None] | None = None  # (address, display name)
 
 
-class TwilioSender:
-    def __init__(self, account_sid: str, auth_token: str, sender: str, base_url: str | None):
-        from lead_orchestrator.vendor_clients import make_twilio_client
+@dataclass(frozen=True)
+class SentSms:
+    """What we know of an SMS whose answer was lost: enough to recognise it at Twilio."""
+    to: str
+    body: str
+    reserved_at: dt.datetime  # our database's clock when the send was reserved
+    exclude_ids: frozenset[str] = frozenset()  # message ids already recorded for other touches
 
-        self._client = make_twilio_client(account_sid, auth_token, base_url)
+
+class TwilioSender:
+    def __init__(self, account_sid: str, auth_token: str, sender: str, base_url: str | None,
+                 timeout: float | None = None):
+        from lead_orchestrator.vendor_clients import DEFAULT_TIMEOUT, make_twilio_client
+
+        self._client = make_twilio_client(account_sid, auth_token, base_url, timeout=timeout or DEFAULT_TIMEOUT)
         self._sender = sender
 
+    @property
+    def _via_service(self) -> bool:
+        return self._sender.startswith("MG")
+
     def send(self, to: str, body: str, status_callback: str | None = None) -> SendResult:
-        import requests
         from twilio.base.exceptions import TwilioRestException
 
-        sender = {"messaging_service_sid": self._sender} if self._sender.startswith("MG") else {"from_": self._sender}
+        sender = {"messaging_service_sid": self._sender} if self._via_service else {"from_": self._sender}
         kwargs = {"status_callback": status_callback} if status_callback else {}
         try:
-            message = self._client.messages.create(to=to, body=body, **sender, **kwargs)
+            message = self._client.messages.create(to=to, body=body, validity_period=SMS_VALIDITY_SECONDS,
+                                                   **sender, **kwargs)
         except TwilioRestException as exc:
             code = str(exc.code) if exc.code is not None else None
-            if exc.status == 429 or exc.status >= 500:
-                return SendResult("transient", code=code or str(exc.status), detail=exc.msg)
-            if exc.code in TWILIO_PERMANENT_CODES or 400 <= exc.status < 500:
-                return SendResult("permanent", code=code or str(exc.status), detail=exc.msg)
-            return SendResult("ambiguous", code=code, detail=exc.msg)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            return _connection_outcome(exc)
-        return SendResult("sent", message_id=message.sid)
+            return from_http_status(exc.status, code=code, detail=exc.msg, permanent_codes=TWILIO_PERMANENT_CODES)
+        except Exception as exc:  # noqa: BLE001 - transport failures and unreadable answers
+            return from_exception(exc)
+        return SendResult(SENT, message_id=message.sid)
+
+    def find(self, sms: SentSms) -> Lookup:
+        """Twilio's messages to `sms.to` sent since the day before the reservation
+        (`To` + `DateSent>`; Twilio filters by GMT date), matched on sender, body and a
+        creation time next to the reservation. A message still queued has no DateSent
+        and is not listed yet: absence counts only after SMS_SETTLE."""
+        from twilio.base.exceptions import TwilioRestException
+
+        since = (sms.reserved_at - dt.timedelta(days=1)).astimezone(dt.timezone.utc).date().isoformat()
+        try:
+            listed = self._client.messages.list(to=sms.to, date_sent_after=since, page_size=100, limit=1000)
+        except TwilioRestException as exc:
+            if exc.status in (401, 403, 404):
+                return Lookup(UNAVAILABLE, detail="message_list_unavailable")
+            return Lookup(ERROR, detail=f"HTTP {exc.status}: {exc.msg}"[:300])
+        except Exception as exc:  # noqa: BLE001 - no answer this time
+            return Lookup(ERROR, detail=f"{type(exc).__name__}: {exc}"[:300])
+        earliest, latest = sms.reserved_at - MATCH_BEFORE, sms.reserved_at + MATCH_AFTER
+        ours = [m for m in listed
+                if m.sid not in sms.exclude_ids and (m.direction or "").startswith("outbound")
+                and self._from_us(m) and m.date_created is not None and earliest <= m.date_created <= latest]
+        ours.sort(key=lambda m: m.date_created)
+        exact = [m for m in ours if m.body == sms.body]
+        if exact:
+            return Lookup(FOUND, message_id=exact[0].sid, detail=f"status {exact[0].status}")
+        if ours:
+            return Lookup(SIMILAR, message_id=ours[0].sid, detail="a message from our sender at that time, other text")
+        return Lookup(ABSENT, detail=f"no message to {sms.to} since {since} matches")
+
+    def _from_us(self, message) -> bool:
+        if self._via_service:
+            return message.messaging_service_sid == self._sender
+        return message.from_ == self._sender
 
 
 class SendGridSender:
-    def __init__(self, api_key: str, base_url: str | None):
-        from lead_orchestrator.vendor_clients import make_sendgrid_client
+    def __init__(self, api_key: str, base_url: str | None, timeout: float | None = None):
+        from lead_orchestrator.vendor_clients import DEFAULT_TIMEOUT, make_sendgrid_client
 
-        self._client = make_sendgrid_client(api_key, base_url)
+        self._client = make_sendgrid_client(api_key, base_url, timeout=timeout or DEFAULT_TIMEOUT)
 
     def send(self, email: OutgoingEmail) -> SendResult:
         from python_http_client import exceptions as sg_errors
@@ -86,28 +139,36 @@ class SendGridSender:
         try:
             response = self._client.send(mail)
         except sg_errors.HTTPError as exc:
-            status = getattr(exc, "status_code", 0) or 0
-            detail = _short(getattr(exc, "body", b""))
-            if status == 429 or status >= 500:
-                return SendResult("transient", code=str(status), detail=detail)
-            return SendResult("permanent", code=str(status), detail=detail)
-        except OSError as exc:  # urllib: URLError (refused) or a socket timeout
-            if "timed out" in str(exc).lower():
-                return SendResult("ambiguous", detail=f"timeout: {exc}")
-            return SendResult("transient", detail=f"connection: {exc}")
+            return from_http_status(getattr(exc, "status_code", 0) or 0, detail=_short(getattr(exc, "body", b"")))
+        except Exception as exc:  # noqa: BLE001 - transport failures and unreadable answers
+            return from_exception(exc)
         message_id = response.headers.get("X-Message-Id") if response.headers else None
-        return SendResult("sent", message_id=message_id)
+        return SendResult(SENT, message_id=message_id)
 
+    def find(self, custom_args: dict[str, str]) -> Lookup:
+        """Email Activity (`GET /v3/messages`, a paid add-on): the mail whose custom args
+        (`unique_args` in its query language) carry these values."""
+        from python_http_client import exceptions as sg_errors
 
-def _connection_outcome(exc: Exception) -> SendResult:
-    """A connection that never opened sent nothing; anything later might have."""
-    import requests
-
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return SendResult("transient", detail=f"connect timeout: {exc}")
-    if isinstance(exc, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(exc):
-        return SendResult("transient", detail=f"connection refused: {exc}")
-    return SendResult("ambiguous", detail=f"{type(exc).__name__}: {exc}")
+        query = " AND ".join(f"unique_args['{name}']=\"{value}\"" for name, value in sorted(custom_args.items()))
+        try:
+            response = self._client.client.messages.get(query_params={"query": query, "limit": 10})
+            listed = json.loads(response.body or b"{}").get("messages") or []
+        except sg_errors.HTTPError as exc:
+            status, body = getattr(exc, "status_code", 0) or 0, _short(getattr(exc, "body", b""))
+            # No add-on, or a key without Email Activity access: 400 "authorization
+            # required" (no add-on), 401, or 403 "access forbidden" (key scope).
+            if status in (401, 403) or (status == 400 and "authorization required" in body.lower()):
+                return Lookup(UNAVAILABLE, detail="email_activity_unavailable")
+            return Lookup(ERROR, detail=f"HTTP {status}: {body}"[:300])
+        except Exception as exc:  # noqa: BLE001 - no answer this time
+            return Lookup(ERROR, detail=f"{type(exc).__name__}: {exc}"[:300])
+        if not listed:
+            return Lookup(ABSENT, detail="not in Email Activity")
+        first = listed[0]
+        # Activity ids are the X-Message-Id followed by ".<per-recipient suffix>".
+        message_id = str(first.get("msg_id") or "").split(".", 1)[0] or None
+        return Lookup(FOUND, message_id=message_id, detail=f"status {first.get('status')}")
 
 
 def _short(body: bytes | str | None) -> str:

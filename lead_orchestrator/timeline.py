@@ -183,8 +183,13 @@ def describe(event: dict, tz: ZoneInfo, lead: dict | None = None, notes: dict[st
     if kind == "touch_failed":
         return f"{what} failed: {reason}" + (f" (code {d['code']})" if d.get("code") else "")
     if kind == "touch_unknown":
-        return (f"{what} outcome unknown ({reason}): the provider may have it; "
-                "never re-sent automatically")
+        return (f"{what} outcome unknown ({reason}): the provider may have it; not sent again "
+                "unless the provider proves it never took it")
+    if kind == "touch_replanned":
+        return f"{what} owed again once: the provider has no such message ({d.get('detail') or reason})"
+    if kind == "touch_unresolved":
+        extra = d.get("detail") if d.get("detail") and d["detail"] not in (reason or "") else None
+        return f"{what} outcome stays unknown ({reason}{'; ' + extra if extra else ''})"
     if kind in ("touch_skipped", "touch_cancelled"):
         return f"{what} not sent: {reason}"
     if kind in ("touches_cancelled", "touches_skipped"):
@@ -326,7 +331,9 @@ def _touch_rows(shop, touches: list[dict], notes: dict[str, str], tz: ZoneInfo, 
         reason = _with_note(x["reason"], notes)
         if x["status"] in ("scheduled", "deferred") and at and at - x["send_after"] >= SPACING_WORTH_SAYING:
             reason = (reason + ", then " if reason else "") + "spacing after an earlier step"
-        detail = "; ".join(p for p in (reason, x["delivery_status"] and f"delivery {x['delivery_status']}",
+        asking = x["status"] == "unknown" and x.get("resolve_after") and \
+            f"asking the provider {shop_time(x['resolve_after'], tz)}"
+        detail = "; ".join(p for p in (reason, asking, x["delivery_status"] and f"delivery {x['delivery_status']}",
                                        x["error_code"] and f"code {x['error_code']}") if p)
         rows.append(((at or x["due_at"], x["step"], x["channel"]),
                      f"  {x['step']:<5}{x['channel']:<8}{x['status']:<11}{shop_time(x['due_at'], tz):<26}"

@@ -7,8 +7,9 @@ import time
 from collections import Counter
 from typing import Callable, Iterable
 
+from lead_orchestrator.send_reconcile import reconcile_in_flight_sends
 from lead_orchestrator.shops import load_shop
-from lead_orchestrator.touches import due_touch_ids, mark_stale_reservations_unknown, send_touch
+from lead_orchestrator.touches import due_touch_ids, send_touch
 
 log = logging.getLogger(__name__)
 
@@ -21,20 +22,24 @@ def active_tenant_ids(db) -> list[int]:
 def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime,
                      clock: Callable[[], dt.datetime] | None = None, tenant_ids: Iterable[int] | None = None,
                      sleep: Callable[[float], None] = time.sleep) -> Counter:
-    """For each shop (all active ones, or `tenant_ids`): turn stale reservations into
-    `unknown`, then send what is due by `due_before` (and not after `now`).
+    """For each shop (all active ones, or `tenant_ids`): settle sends whose outcome was
+    not recorded (reservations of a gone or stale sender become `unknown`; unknown ones
+    are asked about at the vendor: send_reconcile), then send what is due by
+    `due_before` (and not after `now`).
 
     Sending only what is owed makes a run idempotent: running a window again, or
     backfilling it after an outage, sends what is still owed and nothing already sent.
     `clock` (optional) gives the time of each send and `sleep` waits between quick
     retries, so tests can drive time without sleeping. Returns counts of outcomes."""
     report: Counter = Counter()
-    for tenant_id in active_tenant_ids(db) if tenant_ids is None else tenant_ids:
+    tenant_ids = active_tenant_ids(db) if tenant_ids is None else list(tenant_ids)
+    for kind, count in reconcile_in_flight_sends(db, vendors, now, tenant_ids=tenant_ids).items():
+        report[f"reconcile_{kind}"] += count
+    for tenant_id in tenant_ids:
         with db.tenant_tx(tenant_id) as conn:
             shop = load_shop(conn, tenant_id)
             if shop is None or not shop.active:
                 continue
-            report["stale_reservations"] += mark_stale_reservations_unknown(conn, now)
             ids = due_touch_ids(conn, min(now, due_before))
         for touch_id in ids:
             try:

@@ -2,9 +2,11 @@
 
 A touch is a row per (lead, step, channel). Sending is two transactions around the
 provider call: the first re-checks everything and moves the row to `sending` (the
-reservation), the second records what the provider said. A crash between them leaves
-`sending`, which the sweeper turns into `unknown` and which nothing ever sends again
-(the database refuses the transition, see sql/0003_touchpoints.sql).
+reservation, which names this process's sender session), the second records what the
+provider said (classified in `send_outcomes`). A crash between them leaves `sending`,
+which `send_reconcile` turns into `unknown` as soon as the session is gone and then
+resolves by asking the vendor; nothing is sent again unless the vendor proves it never
+took the message, and then once (the database enforces it, sql/0010_send_outcomes.sql).
 
 Every decision not to send is written to the lead's decision log (lead_events):
 deferred for quiet hours, spacing or a daily limit, skipped because opted out or
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -26,18 +29,21 @@ from lead_orchestrator import lead_log
 from lead_orchestrator.lead_state import (cancel_pending, complete_if_done, consent_key, is_opted_out,  # noqa: F401
                                           opt_out_contact, set_opt_out)
 from lead_orchestrator.messages import compose, merge_fields  # noqa: F401 - merge_fields re-exported
-from lead_orchestrator.providers import OutgoingEmail, SendResult
+from lead_orchestrator.providers import OutgoingEmail
+from lead_orchestrator.send_outcomes import AMBIGUOUS, PERMANENT, SENT, TRANSIENT, SendResult, from_exception
 from lead_orchestrator.send_window import SendWindow
 from lead_orchestrator.sequences import sequence_for
 from lead_orchestrator.shops import Shop
 
 log = logging.getLogger(__name__)
 
-# A reservation that has not recorded an outcome after this long outlived its sender.
-# Far above the worst provider call (IN_RUN_ATTEMPTS x the SDK timeout of 10 s + waits).
+# A reservation that has not recorded an outcome after this long outlived its sender,
+# even if its sender session still looks alive (a backstop: a gone session is noticed at
+# once). Far above the worst provider call (IN_RUN_ATTEMPTS x the SDK timeout of 10 s + waits).
 STALE_RESERVATION = dt.timedelta(minutes=2)
-# Transient errors (429, 5xx, refused connections): a few quick retries inside the run,
-# then the touch goes back to `scheduled` with a growing delay, MAX_RESERVATIONS times.
+# Transient errors (nothing was taken: 429, refused connections, ...): a few quick retries
+# inside the run, then the touch goes back to `scheduled` with a growing delay,
+# MAX_RESERVATIONS times.
 IN_RUN_ATTEMPTS = 3
 IN_RUN_WAIT = wait_exponential(multiplier=1, min=1, max=4)
 RESCHEDULE_BASE = dt.timedelta(minutes=1)
@@ -97,28 +103,6 @@ def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | Non
     return [r["id"] for r in rows]
 
 
-def mark_stale_reservations_unknown(conn: psycopg.Connection, now: dt.datetime) -> int:
-    """A reservation older than STALE_RESERVATION outlived its sender: the provider may or
-    may not have the message, so it is recorded as `unknown` and never re-sent. If a
-    status callback already told us the provider's message id, it was sent."""
-    rows = conn.execute(
-        """UPDATE touches
-              SET status = CASE WHEN provider_message_id IS NULL THEN 'unknown' ELSE 'sent' END,
-                  reason = CASE WHEN provider_message_id IS NULL THEN 'no_outcome_recorded'
-                                ELSE 'confirmed_by_provider' END,
-                  updated_at = now()
-            WHERE status = 'sending' AND reserved_at < %s
-        RETURNING id, lead_id, step, channel, status""",
-        (now - STALE_RESERVATION,),
-    ).fetchall()
-    for r in rows:
-        lead_log.record(conn, r["lead_id"], f"touch_{r['status']}", step=r["step"], channel=r["channel"],
-                        reason="no_outcome_recorded" if r["status"] == "unknown" else "confirmed_by_provider",
-                        at=now)
-        complete_if_done(conn, r["lead_id"], at=now)
-    return len(rows)
-
-
 def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime,
                sleep: Callable[[float], None] = time.sleep) -> TouchOutcome:
     """Sends one touch if it is still owed, due and allowed; at most once, ever.
@@ -134,12 +118,15 @@ def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datet
     reservation transaction and one recording transaction; the provider calls run side
     by side, so a touch is never left reserved while another one's call is slow.
     `on_recorded(conn, outcomes)` runs inside the recording transaction."""
+    from lead_orchestrator.sender_session import sender_pid
+
     window = SendWindow.for_shop(shop)
     reserved: list[tuple[int, dict]] = []
     outcomes: list[TouchOutcome | None] = [None] * len(touch_ids)
+    owner = sender_pid(db)  # the reservations die with this process's session (send_reconcile)
     with db.tenant_tx(shop.id) as conn:
         for i, touch_id in enumerate(touch_ids):
-            touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors)
+            touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors, owner)
             if outcome:
                 outcomes[i] = outcome
             else:
@@ -174,7 +161,7 @@ _PROVIDER_CALLS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="provide
 # --- first transaction: check, then reserve ------------------------------------------
 
 def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.datetime, window: SendWindow,
-             vendors) -> tuple[dict | None, TouchOutcome | None]:
+             vendors, owner: int | None = None) -> tuple[dict | None, TouchOutcome | None]:
     """Returns (touch, None) when the caller should send, or (None, outcome) when not."""
     # The lead first (see lead_state): a stop that locked it is waited for and then seen.
     lead = conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
@@ -211,13 +198,15 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
     unsubscribe = vendors.unsubscribe_url(shop, touch["to_address"]) if touch["channel"] == "email" else None
     reply_to = vendors.reply_address(shop, lead["id"]) if touch["channel"] == "email" else None
     message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe, reply_to=reply_to)
+    send_key = uuid.uuid4().hex  # names this reservation at the vendor where it keeps our tags (SendGrid)
     conn.execute(
-        """UPDATE touches SET status = 'sending', reserved_at = %s, attempts = attempts + 1,
+        """UPDATE touches SET status = 'sending', reserved_at = %s, reserved_wall_at = clock_timestamp(),
+                  reserved_by = %s, send_key = %s, attempts = attempts + 1,
                   body = %s, subject = %s, updated_at = now() WHERE id = %s""",
-        (now, message.body, message.subject, touch_id),
+        (now, owner, send_key, message.body, message.subject, touch_id),
     )
     return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {},
-            "reply_to": message.reply_to}, None
+            "reply_to": message.reply_to, "send_key": send_key}, None
 
 
 def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow, *, first_step: bool = False):
@@ -260,13 +249,14 @@ def _decline(conn, touch: dict, status: str, reason: str, now: dt.datetime) -> T
 def _finish(conn: psycopg.Connection, touch: dict, status: str, reason: str | None, now: dt.datetime,
             *, from_status: tuple[str, ...] | None = None, **extra) -> TouchOutcome:
     """Records a touch's new status (only if it is still in `from_status`, when given)."""
+    resolve_after = extra.pop("resolve_after", None)  # unknown: when to ask the vendor (send_reconcile)
     row = conn.execute(
         """UPDATE touches SET status = %s, reason = %s, provider_message_id = coalesce(%s, provider_message_id),
                   error_code = coalesce(%s, error_code), sent_at = coalesce(%s, sent_at),
-                  send_after = coalesce(%s, send_after), updated_at = now()
+                  send_after = coalesce(%s, send_after), resolve_after = %s, updated_at = now()
             WHERE id = %s AND (%s::text[] IS NULL OR status = ANY(%s::text[])) RETURNING status""",
         (status, reason, extra.get("message_id"), extra.get("code"), extra.get("sent_at"),
-         extra.get("send_after"), touch["id"], list(from_status) if from_status else None,
+         extra.get("send_after"), resolve_after, touch["id"], list(from_status) if from_status else None,
          list(from_status) if from_status else None),
     ).fetchone()
     if row is None:
@@ -287,15 +277,15 @@ def _call_provider(shop: Shop, touch: dict, vendors, sleep: Callable[[float], No
     try:
         send = _sender(shop, touch, vendors)
     except MissingCredentials as exc:
-        return SendResult("permanent", code="missing_credentials", detail=str(exc))
+        return SendResult(PERMANENT, code="missing_credentials", detail=str(exc))
     retrying = Retrying(stop=stop_after_attempt(IN_RUN_ATTEMPTS), wait=IN_RUN_WAIT, sleep=sleep,
-                        retry=retry_if_result(lambda r: r.outcome == "transient"),
+                        retry=retry_if_result(lambda r: r.outcome == TRANSIENT),
                         retry_error_callback=_last_result)
     try:
         return retrying(send)
-    except Exception as exc:  # noqa: BLE001 - an unexpected failure mid-call is ambiguous
+    except Exception as exc:  # noqa: BLE001 - unexpected: ambiguous unless it proves nothing was sent
         log.exception("provider call failed for touch %s", touch["id"])
-        return SendResult("ambiguous", detail=f"{type(exc).__name__}: {exc}")
+        return from_exception(exc)
 
 
 def _last_result(state: RetryCallState) -> SendResult:
@@ -311,7 +301,10 @@ def _sender(shop: Shop, touch: dict, vendors) -> Callable[[], SendResult]:
     outgoing = OutgoingEmail(
         to=touch["to_address"], sender=shop.sendgrid_sender or "", sender_name=shop.name,
         subject=touch["subject"], text=touch["body"], headers=touch["headers"],
-        custom_args={"tenant": shop.slug, "touch_id": str(touch["id"])}, reply_to=touch.get("reply_to"),
+        # touch_id finds the touch from SendGrid's events; send_key finds this very
+        # reservation's mail in Email Activity when the answer was lost.
+        custom_args={"tenant": shop.slug, "touch_id": str(touch["id"]), "send_key": touch["send_key"]},
+        reply_to=touch.get("reply_to"),
     )
     return lambda: email.send(outgoing)
 
@@ -319,27 +312,27 @@ def _sender(shop: Shop, touch: dict, vendors) -> Callable[[], SendResult]:
 # --- second transaction: record the outcome --------------------------------------------
 
 def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, now: dt.datetime) -> TouchOutcome:
-    if result.outcome == "sent":
+    if result.outcome == SENT:
         # From `unknown` too: the sweeper may have given up on us while we waited.
         outcome = _finish(conn, touch, "sent", None, now, from_status=("sending", "unknown"),
                           message_id=result.message_id, sent_at=now)
-    elif result.outcome == "permanent":
+    elif result.outcome == PERMANENT:
         outcome = _finish(conn, touch, "failed", result.detail or "rejected", now, from_status=("sending",),
                           code=result.code)
         if result.code == "21610":  # the carrier says this number replied STOP
             opt_out_contact(conn, "sms", touch["to_address"], source="twilio_21610", reason="opted_out", at=now)
         elif touch["channel"] == "sms" and result.code in UNREACHABLE_SMS_CODES:
             _skip_later_sms(conn, touch, f"sms_unreachable:{result.code}", now)
-    elif result.outcome == "transient" and touch["attempts"] + 1 < MAX_RESERVATIONS:
+    elif result.outcome == TRANSIENT and touch["attempts"] + 1 < MAX_RESERVATIONS:
         retry_at = now + RESCHEDULE_BASE * 2 ** touch["attempts"]
         outcome = _finish(conn, touch, "scheduled", f"retry:{result.code or result.detail}", now,
                           from_status=("sending",), code=result.code, send_after=retry_at)
-    elif result.outcome == "transient":
+    elif result.outcome == TRANSIENT:
         outcome = _finish(conn, touch, "failed", "transient_errors_exhausted", now, from_status=("sending",),
                           code=result.code)
-    else:
-        outcome = _finish(conn, touch, "unknown", result.detail or "ambiguous", now, from_status=("sending",),
-                          code=result.code)
+    else:  # AMBIGUOUS: never sent again on our own; the vendor is asked at once (send_reconcile)
+        outcome = _finish(conn, touch, "unknown", result.detail or AMBIGUOUS, now, from_status=("sending",),
+                          code=result.code, resolve_after=now)
     return outcome
 
 

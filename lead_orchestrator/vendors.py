@@ -25,6 +25,7 @@ class Vendors:
     public_base_url: str
     secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
     inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
+    send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
@@ -41,11 +42,16 @@ class Vendors:
             raise MissingCredentials(f"shop {shop.slug} has no Twilio account SID or sender")
         return self._cached(("tw", shop.id, token, shop.twilio_sender),
                             lambda: TwilioSender(shop.twilio_account_sid, token, shop.twilio_sender,
-                                                 self.twilio_base_url))
+                                                 self.twilio_base_url, timeout=self.send_timeout))
 
     def email(self, shop: Shop) -> SendGridSender:
         key = _secret(shop, "sendgrid_api_key")
-        return self._cached(("sg", shop.id, key), lambda: SendGridSender(key, self.sendgrid_base_url))
+        return self._cached(("sg", shop.id, key),
+                            lambda: SendGridSender(key, self.sendgrid_base_url, timeout=self.send_timeout))
+
+    def finder(self, shop: Shop, channel: str) -> TwilioSender | SendGridSender:
+        """The client that can say whether the vendor has a message whose answer was lost."""
+        return self.sms(shop) if channel == "sms" else self.email(shop)
 
     def status_callback_url(self, shop: Shop, touch_id: int | None = None) -> str:
         # The touch id in the URL lets a callback find its touch even when it arrives

@@ -2,8 +2,10 @@
 
 Answers: 202 + X-Message-Id (22 chars) | 400 contract violations, all of them listed as
 `{"errors": [{"message", "field", "help"}]}` | 401 missing/unknown Bearer key |
-413 body over 30 MB | 429 / 5xx when injected. Unknown top-level keys are accepted
+413 body over 30 MB | 429 / 5xx when injected, before or after accepting the mail, or
+a connection closed after accepting it (faults.py). Unknown top-level keys are accepted
 (the vendor's description does not forbid them); reserved headers are refused.
+Email Activity (`GET /v3/messages`): sendgrid_activity.py.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from standins.connection_drop import DroppableFastAPI
 from standins.contracts import validator
 from standins.faults import add_fault_routes
 from standins.outbox import add_outbox_routes
+from standins.sendgrid_activity import add_email_activity_routes
 from standins.sendgrid_inbound import inbound_routes
-from standins.sendgrid_state import SendGridError, SendGridState
+from standins.sendgrid_state import SendGridError, SendGridState, error_for_status
 
 MAX_BODY = 30 * 1024 * 1024
 HELP = "https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors"
@@ -125,7 +129,7 @@ def _control_routes(state: SendGridState) -> APIRouter:
 
 
 def create_app(state: SendGridState) -> FastAPI:
-    app = FastAPI(title="SendGrid stand-in", description=__doc__)
+    app = DroppableFastAPI(title="SendGrid stand-in", description=__doc__)
 
     @app.exception_handler(SendGridError)
     async def sendgrid_error(_: Request, exc: SendGridError) -> JSONResponse:
@@ -158,8 +162,12 @@ def create_app(state: SendGridState) -> FastAPI:
             state.reject(mail if mail is not None else raw[:2000].decode("utf-8", "replace"), exc)
             raise
         message_id = state.accept(mail)  # type: ignore[arg-type]
+        lost = state.lose_answer(request.scope)  # the mail is accepted; an injected fault may lose the answer
+        if lost:
+            raise error_for_status(lost)
         return Response(status_code=202, headers={"X-Message-Id": message_id})
 
+    add_email_activity_routes(app, state)
     app.include_router(_control_routes(state))
     app.include_router(inbound_routes(state.inbound, state.sent))
     add_outbox_routes(

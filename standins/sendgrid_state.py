@@ -24,6 +24,15 @@ class SendGridError(Exception):
 
 
 
+def error_for_status(status: int) -> SendGridError:
+    """SendGrid's error for an injected failure status."""
+    if status == 429:
+        reset_at = str(int(datetime.now(timezone.utc).timestamp()) + 1)
+        return SendGridError(429, [{"field": None, "message": "too many requests"}],
+                             {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset_at})
+    return SendGridError.one(status, "internal server error")
+
+
 def new_message_id() -> str:
     return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")  # 22 characters
 
@@ -40,6 +49,7 @@ class SendGridState(FaultsControl):
         self._lock = threading.RLock()
         self._outgoing = OutgoingCalls("sendgrid")
         self._generation = 0
+        self.email_activity_enabled = False  # the Email Activity API is a paid add-on (sendgrid_activity)
         self.reset()
 
     def reset(self) -> None:
@@ -79,13 +89,14 @@ class SendGridState(FaultsControl):
         if scheme.lower() != "bearer" or not key or not known:
             raise SendGridError.one(401, "The provided authorization grant is invalid, expired, or revoked")
 
+    def enable_email_activity(self, enabled: bool = True) -> None:
+        """Account setting (kept by reset()): whether GET /v3/messages answers."""
+        with self._lock:
+            self.email_activity_enabled = enabled
+
     def take_injected_failure(self) -> SendGridError | None:
         status = self.take_injected_status()
-        if status == 429:
-            reset_at = str(int(datetime.now(timezone.utc).timestamp()) + 1)
-            return SendGridError(429, [{"field": None, "message": "too many requests"}],
-                                 {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset_at})
-        return SendGridError.one(status, "internal server error") if status else None
+        return error_for_status(status) if status else None
 
     def accept(self, mail: dict) -> str:
         """Record a mail that passed the contract and schedule its events; returns X-Message-Id."""

@@ -9,6 +9,7 @@ Error codes it answers (body `{"code", "message", "more_info", "status"}`):
        MessagingServiceSid, 21602 no Body/MediaUrl/ContentSid, 21617 Body over 1600 chars,
        21609 bad StatusCallback, 21620/21623 bad or too many MediaUrl, 21655 bad ContentSid,
        21610 recipient opted out, 20001 any other invalid parameter (stand-in catch-all).
+Faults before or after the message is created: faults.py. The message list: twilio_list.py.
 """
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from standins.connection_drop import DroppableFastAPI, request_drop
+from standins.connection_drop import DroppableFastAPI
 from standins.contracts import validator
-from standins.faults import CountIn, add_fault_routes
+from standins.faults import add_fault_routes
 from standins.outbox import add_outbox_routes
-from standins.twilio_state import TwilioError, TwilioState
+from standins.twilio_list import add_message_list_route
+from standins.twilio_state import TwilioError, TwilioState, error_for_status
 
 LIST_PARAMS = {"MediaUrl", "PersistentAction"}  # may repeat in the form
 # Which failure to report when several rules fail: the one Twilio would hit first.
@@ -108,11 +110,6 @@ def _control_routes(state: TwilioState) -> APIRouter:
 
     add_fault_routes(r, state)
 
-    @r.post("/drop")
-    def drop(c: CountIn) -> dict:
-        state.drop_next(c.count, c.after_seconds)
-        return {"drop": c.count, "after_seconds": c.after_seconds}
-
     @r.post("/numbers")
     def numbers(n: NumbersIn) -> dict:
         state.add_opted_out(*n.opted_out)
@@ -156,9 +153,9 @@ def create_app(state: TwilioState) -> FastAPI:
         except TwilioError as exc:
             state.reject(account_sid, params, exc)
             raise
-        drop_after = state.take_drop()
-        if drop_after is not None:
-            request_drop(request.scope, drop_after)
+        lost = state.lose_answer(request.scope)  # the message exists; an injected fault may lose the answer
+        if lost:
+            raise error_for_status(lost)
         return JSONResponse(message, status_code=201)
 
     @app.get("/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json", tags=["Messages"])
@@ -169,6 +166,7 @@ def create_app(state: TwilioState) -> FastAPI:
             raise TwilioError(404, 20404, f"The requested resource {request.url.path} was not found")
         return {k: v for k, v in record.items() if k not in ("status_callback", "media_urls", "params")}
 
+    add_message_list_route(app, state)
     app.include_router(_control_routes(state))
     add_outbox_routes(
         app, "Twilio stand-in outbox",

@@ -10,7 +10,7 @@ import itertools
 import secrets
 import threading
 from urllib.parse import urlencode
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from twilio.request_validator import RequestValidator
@@ -42,6 +42,14 @@ class TwilioError(Exception):
         }
 
 
+def error_for_status(status: int) -> TwilioError:
+    """Twilio's error for an injected failure status."""
+    if status == 429:
+        return TwilioError(429, 20429, "Too Many Requests")
+    text = "Service Unavailable" if status == 503 else "Internal Server Error"
+    return TwilioError(status, 20000 + status, text)
+
+
 def rfc2822(dt: datetime) -> str:
     return email.utils.format_datetime(dt)  # "Thu, 24 Aug 2023 05:01:45 +0000"
 
@@ -55,13 +63,6 @@ class Account:
     sid: str
     auth_token: str
     numbers: frozenset[str] | None = None  # when set, From must be one of them (21606)
-
-
-@dataclass
-class Modes(InjectedFaults):
-    """Behaviours injected for the next N requests to the Messages endpoint."""
-
-    drop: list[float] = field(default_factory=list)  # seconds before closing, one per request
 
 
 class TwilioState(FaultsControl):
@@ -84,7 +85,7 @@ class TwilioState(FaultsControl):
         """Forget messages and injected behaviours; registered accounts stay."""
         with self._lock:
             self._generation += 1  # callbacks still scheduled for older messages are dropped
-            self.modes = Modes()
+            self.modes = InjectedFaults()
             self.opted_out: set[str] = set(MAGIC_OPTED_OUT)
             self.invalid_numbers: set[str] = set(MAGIC_INVALID)
             self.undeliverable: dict[str, int] = {}  # number -> error code in the final callback
@@ -95,11 +96,6 @@ class TwilioState(FaultsControl):
     def add_account(self, account_sid: str, auth_token: str, numbers: list[str] | None = None) -> None:
         with self._lock:
             self.accounts[account_sid] = Account(account_sid, auth_token, frozenset(numbers) if numbers else None)
-
-    def drop_next(self, count: int, after_seconds: float = 0.0) -> None:
-        """The next N valid sends are carried out, then the connection closes unanswered."""
-        with self._lock:
-            self.modes.drop.extend([after_seconds] * count)
 
     def add_opted_out(self, *numbers: str) -> None:
         with self._lock:
@@ -135,16 +131,7 @@ class TwilioState(FaultsControl):
 
     def take_injected_failure(self) -> TwilioError | None:
         status = self.take_injected_status()
-        if status == 429:
-            return TwilioError(429, 20429, "Too Many Requests")
-        if status:
-            text = "Service Unavailable" if status == 503 else "Internal Server Error"
-            return TwilioError(status, 20000 + status, text)
-        return None
-
-    def take_drop(self) -> float | None:
-        with self._lock:
-            return self.modes.drop.pop(0) if self.modes.drop else None
+        return error_for_status(status) if status else None
 
     def create_message(self, account: Account, params: dict) -> dict:
         """Params have passed the contract schema; apply the account-level rules, then queue."""

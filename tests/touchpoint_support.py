@@ -159,3 +159,43 @@ def settle_sms_callbacks(admin, lead_id: int, step: int = 0) -> None:
 
     wait_for(lambda: touches_of(admin, lead_id)[(step, "sms")]["delivery_status"] == "delivered",
              timeout=15, message="SMS status callbacks")
+
+
+KILLED_SENDER = """
+import datetime as dt, os, sys
+from lead_orchestrator.db import Database
+from lead_orchestrator.shops import load_shop
+from lead_orchestrator.touches import send_touch
+from lead_orchestrator.vendors import Vendors
+
+url, tenant_id, touch_id, channel, now, twilio, sendgrid, public, secret = sys.argv[1:]
+db = Database(url, max_size=2).open()
+vendors = Vendors(shopmonkey_base_url="http://127.0.0.1:9", twilio_base_url=twilio, sendgrid_base_url=sendgrid,
+                  public_base_url=public, secret_key=secret)
+
+class DiesAfterSending:
+    def __init__(self, inner):
+        self.inner = inner
+    def send(self, *args, **kwargs):
+        self.inner.send(*args, **kwargs)
+        os._exit(137)  # killed after the vendor took it, before the outcome is committed
+
+real = getattr(vendors, channel)
+setattr(vendors, channel, lambda shop: DiesAfterSending(real(shop)))
+with db.tenant_tx(int(tenant_id)) as conn:
+    shop = load_shop(conn, int(tenant_id))
+send_touch(db, shop, int(touch_id), vendors, now=dt.datetime.fromisoformat(now))
+"""
+
+
+def kill_a_sender_mid_send(database_url: str, secret_key: str, standins, public_url: str, shop, touch_id: int,
+                           channel: str, now: dt.datetime) -> None:
+    """Runs a real sender process that reserves the touch, has the vendor take the
+    message, and dies (os._exit) before recording the outcome."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", KILLED_SENDER, database_url, str(shop.id), str(touch_id), channel,
+                           now.isoformat(), standins.twilio_url, standins.sendgrid_url, public_url, secret_key],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 137, proc.stderr.decode()[-2000:]
