@@ -218,8 +218,13 @@ def start_send_reconciler(db, vendors, stop: threading.Event, *, every: float = 
                 report = reconcile_in_flight_sends(db, vendors, now)
                 if report:
                     log.info("send reconciliation: %s", dict(report))
-            except Exception:  # noqa: BLE001 - e.g. the database is restarting: try again next round
-                log.warning("send reconciliation failed; retrying in %.0f s", every, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is restarting: try again next round
+                from lead_orchestrator.db import is_connection_error
+
+                # A database outage is logged once by the dispatcher's own loop; a traceback
+                # every few seconds would bury it.
+                log.warning("send reconciliation failed; retrying in %.0f s", every,
+                            exc_info=not is_connection_error(exc))
 
     thread = threading.Thread(target=loop, name="send-reconciler", daemon=True)
     thread.start()
