@@ -213,7 +213,8 @@ def test_the_copy_goes_to_the_configured_address(db, reply_vendors, connected_sh
 
 def test_a_copy_refused_for_now_is_sent_when_sendgrid_posts_again(emailed, admin, standins):
     shop, lead, email, sent = emailed
-    standins.sendgrid.fail_next(1, 503)  # the forward's first try
+    # A 429 proves SendGrid took nothing (a 5xx would leave the copy in doubt: see below).
+    standins.sendgrid.fail_next(1, 429)  # the forward's first try
     posted = customer_replies(standins, sent, text="Yes")
     assert posted["attempts"] == [503, 200]  # SendGrid posts again after a 5xx
     [reply] = replies_of(admin, lead["id"])
@@ -222,6 +223,18 @@ def test_a_copy_refused_for_now_is_sent_when_sendgrid_posts_again(emailed, admin
     assert lead_row(admin, lead["id"])["status_reason"] == "replied"
     kinds = [e["kind"] for e in events_of(admin, lead["id"])]
     assert kinds.count("inbound_reply") == 1 and kinds.count("reply_forward_retry") == 1
+
+
+def test_a_copy_whose_answer_was_a_5xx_is_not_sent_again(emailed, admin, standins):
+    """SendGrid may have accepted a mail it answered 5xx for: the copy is `unknown`, never
+    sent twice (one rule for every send: docs/touchpoints.md, at most once)."""
+    shop, lead, email, sent = emailed
+    standins.sendgrid.fail_next(1, 503)
+    posted = customer_replies(standins, sent, text="Yes")
+    assert posted["attempts"][-1] == 200
+    [reply] = replies_of(admin, lead["id"])
+    assert reply["forward_status"] == "unknown" and reply["forward_attempts"] == 1
+    assert lead_row(admin, lead["id"])["status_reason"] == "replied"
 
 
 def test_a_shop_without_sendgrid_records_the_failed_copy(db, reply_vendors, connected_shop, standins, admin,
