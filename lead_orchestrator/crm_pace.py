@@ -14,7 +14,6 @@ again after its wait instead of walking into the same limit.
 """
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass
 
@@ -24,13 +23,22 @@ DEFAULT_REQUESTS_PER_SECOND = 10.0  # ShopMonkey publishes no limit; ~100 quick 
 MAX_INTERVAL_MS = 5000.0
 RECOVERY = 0.99  # each granted slot brings the spacing 1 % back towards the base rate
 
-_LOCK_ROW = """
-    WITH created AS (
-        INSERT INTO crm_pace (tenant_id, next_slot, interval_ms)
-        VALUES (current_tenant_id(), clock_timestamp(), %(base)s) ON CONFLICT (tenant_id) DO NOTHING)
-    SELECT 1"""
-_READ = "SELECT next_slot, interval_ms, clock_timestamp() AS now FROM crm_pace FOR UPDATE"
-_TAKE = "UPDATE crm_pace SET next_slot = %(next)s, interval_ms = %(interval)s"
+# One round trip per request: take the next slot if it is within `max_wait`, else leave
+# the row as it is and say how far off the next slot is.
+_RESERVE = """
+    INSERT INTO crm_pace AS p (tenant_id, next_slot, interval_ms, granted)
+    VALUES (current_tenant_id(), now() + %(base)s * interval '1 millisecond', %(base)s, true)
+    ON CONFLICT (tenant_id) DO UPDATE SET
+        granted = p.next_slot <= now() + %(max_wait)s * interval '1 second',
+        interval_ms = CASE WHEN p.next_slot <= now() + %(max_wait)s * interval '1 second'
+                           THEN greatest(%(base)s, p.interval_ms * %(recovery)s) ELSE p.interval_ms END,
+        next_slot = CASE WHEN p.next_slot <= now() + %(max_wait)s * interval '1 second'
+                         THEN greatest(p.next_slot, now())
+                              + greatest(%(base)s, p.interval_ms * %(recovery)s) * interval '1 millisecond'
+                         ELSE p.next_slot END
+    RETURNING granted, now() AS asked_at,
+              extract(epoch FROM next_slot - interval_ms * interval '1 millisecond' - now())::float AS wait_s,
+              extract(epoch FROM next_slot - now())::float AS until_next_s"""
 _LIMITED_SINCE = "SELECT coalesce(limited_at > %(since)s, false) AS limited FROM crm_pace"
 
 _LIMITED = """
@@ -63,19 +71,16 @@ class CrmPacer:
         """Blocks until this caller's slot (at most `max_wait_s`), or raises CrmRateLimited."""
         while True:
             with self.db.tenant_tx(self.tenant_id) as conn:
-                conn.execute(_LOCK_ROW, {"base": self.base_interval_ms})
-                row = conn.execute(_READ).fetchone()
-                start = max(row["next_slot"], row["now"])
-                wait = (start - row["now"]).total_seconds()
-                if wait > self.max_wait_s:
-                    raise CrmRateLimited("paced: this shop's CRM budget is spent for now", retry_after=wait)
-                interval = max(self.base_interval_ms, row["interval_ms"] * RECOVERY)
-                conn.execute(_TAKE, {"next": start + dt.timedelta(milliseconds=interval), "interval": interval})
-            if wait <= 0:
+                row = conn.execute(_RESERVE, {"base": self.base_interval_ms, "max_wait": self.max_wait_s,
+                                              "recovery": RECOVERY}).fetchone()
+            if not row["granted"]:
+                raise CrmRateLimited("paced: this shop's CRM budget is spent for now",
+                                     retry_after=row["until_next_s"])
+            if row["wait_s"] <= 0:
                 return
-            sleep(wait)
+            sleep(row["wait_s"])
             with self.db.tenant_tx(self.tenant_id) as conn:
-                hit = conn.execute(_LIMITED_SINCE, {"since": row["now"]}).fetchone()
+                hit = conn.execute(_LIMITED_SINCE, {"since": row["asked_at"]}).fetchone()
             if not hit["limited"]:
                 return
 
