@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event, summarize
+from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +42,16 @@ def preload_vendor_sdks() -> None:
 
 
 class DagsterReporter:
-    """Writes `leads` materializations for the fast path's results into Dagster's event log."""
+    """Records the fast path's results as `leads` history points in Dagster
+    (orchestrator_dagster/history.py: cumulative figures from the tables, and the batch's)."""
 
-    def __init__(self):
-        from dagster import DagsterInstance
+    def __init__(self, db):
+        from orchestrator_dagster.history import LeadsHistory
 
-        self._instance = DagsterInstance.get()
-        self._known: set[str] = set()
+        self._history = LeadsHistory(db)
 
     def report(self, results: list[EventResult]) -> None:
-        from orchestrator_dagster.assets import leads_materialization
-        from orchestrator_dagster.partitions import shop_partitions
-
-        summaries = {slug: s for slug, s in summarize(results).items() if slug != "?"}
-        missing = sorted(set(summaries) - self._known)
-        if missing:
-            existing = set(self._instance.get_dynamic_partitions(shop_partitions.name))
-            new = [slug for slug in missing if slug not in existing]
-            if new:
-                self._instance.add_dynamic_partitions(shop_partitions.name, new)
-            self._known.update(missing)
-        for summary in summaries.values():
-            self._instance.report_runless_asset_event(leads_materialization(summary))
+        self._history.record_results(results, "dispatcher")
 
 
 class Dispatcher:

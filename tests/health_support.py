@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import uuid
 
 from psycopg.types.json import Jsonb
@@ -69,3 +70,42 @@ def set_poll_state(db, shop, *, health: str, error: str | None, last_success: dt
                    last_success_at = EXCLUDED.last_success_at""",
             (health, error, last_success),
         )
+
+
+class CaptureServer:
+    """A local HTTP endpoint that records every JSON body POSTed to it (an alert webhook)."""
+
+    def __init__(self, status: int = 200):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict] = []
+        self.status = status
+        capture = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                capture.posts.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
+                                      "json": json.loads(body or b"null")})
+                self.send_response(capture.status)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook/T000/B000/secret-token-xyz"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "CaptureServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def texts(self) -> list[str]:
+        return [p["json"]["text"] for p in self.posts]

@@ -53,7 +53,7 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
 
     shop = connected_shop()
     standins.shopmonkey.create_order(shop.shopmonkey_api_key.get_secret_value(), wait_webhook=True)
-    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter())
+    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter(db))
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
@@ -65,4 +65,4 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
     mine = [r for r in records if r.partition_key == shop.slug]
     assert mine, f"no leads materialization for {shop.slug}; latest: {event}"
     metadata = mine[0].asset_materialization.metadata
-    assert metadata["new"].value == 1
+    assert metadata["batch_new"].value == 1 and metadata["leads_total"].value == 1
