@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar
 
+from orchestrator_dagster.alerts import alerts_from_environment, check_alert_sensor, run_failure_alert_sensor
 from orchestrator_dagster.assets import leads
+from orchestrator_dagster.checks import health_checks_sensor, leads_health_checks
 from orchestrator_dagster.jobs import ingest_job, touchpoints_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.schedules import touchpoints_schedule
@@ -11,8 +13,9 @@ from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
 
 defs = Definitions(
     assets=[leads],
+    asset_checks=[leads_health_checks],
     jobs=[ingest_job, touchpoints_job],
-    sensors=[inbox_sensor, poll_sensor],
+    sensors=[inbox_sensor, poll_sensor, health_checks_sensor, check_alert_sensor, run_failure_alert_sensor],
     schedules=[touchpoints_schedule],
     resources={
         "database": DatabaseResource(database_url=EnvVar("DATABASE_URL")),
@@ -23,5 +26,6 @@ defs = Definitions(
             public_base_url=EnvVar("PUBLIC_BASE_URL"),
             app_secret_key=EnvVar("APP_SECRET_KEY"),
         ),
+        "alerts": alerts_from_environment(),
     },
 )
