@@ -31,6 +31,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from lead_orchestrator.health import CHECK_NAMES, CheckOutcome, all_shops_health, evaluate
+from lead_orchestrator.redaction import redacted_errors
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.resources import DatabaseResource
 
@@ -101,7 +102,9 @@ def report_health(instance: DagsterInstance, db, *, now: dt.datetime | None = No
 
 @multi_asset_check(specs=CHECK_SPECS, description="Per-shop health of the lead pipeline (see each check).")
 def leads_health_checks(database: DatabaseResource):
-    for outcome in evaluate_now(database.database()):
+    with redacted_errors():  # Dagster stores a failed step's exception: never with a secret
+        outcomes = evaluate_now(database.database())
+    for outcome in outcomes:
         yield AssetCheckResult(asset_key=LEADS_KEY, check_name=outcome.name, passed=outcome.passed,
                                severity=_severity(outcome), description=outcome.description,
                                metadata=check_metadata(outcome))

@@ -17,6 +17,7 @@ from dagster import (AssetKey, DagsterInstance, DagsterRunStatus, DefaultSchedul
                      RunRequest, RunsFilter, ScheduleEvaluationContext, in_process_executor, job, op, schedule)
 
 from lead_orchestrator.inbox_retention import purge_done_events
+from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.resources import DatabaseResource
@@ -67,6 +68,7 @@ def purge_runless_check_evaluations(instance: DagsterInstance, before: dt.dateti
 
 
 @op
+@redacted_errors()
 def purge_old_records(context: OpExecutionContext, database: DatabaseResource) -> None:
     settings = get_settings()
     now = dt.datetime.now(dt.timezone.utc)
