@@ -79,8 +79,9 @@ def failing_conditions(instance, alerts: AlertsResource, now: dt.datetime) -> di
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
     current: dict[str, Alert] = {}
     latest = max((r.create_timestamp for r in records.values()), default=None)
-    if latest is None or now.timestamp() - latest > STALE_AFTER.total_seconds():
-        since = dt.datetime.fromtimestamp(latest, dt.timezone.utc) if latest else None
+    # Never evaluated yet: a new deployment whose health sensor has not ticked. Not an alert.
+    if latest is not None and now.timestamp() - latest > STALE_AFTER.total_seconds():
+        since = dt.datetime.fromtimestamp(latest, dt.timezone.utc)
         current["checks:not_evaluated"] = Alert(
             "checks:not_evaluated", "Health checks on leads not evaluated recently (is health_checks_sensor running?)",
             "all shops", f"no evaluation for {STALE_AFTER.total_seconds() / 60:.0f} min or more", since,

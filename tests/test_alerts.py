@@ -11,7 +11,8 @@ import pytest
 from dagster import build_sensor_context
 
 from lead_orchestrator.alerts import Alert, AlertChannels, changes, send, slack_payload
-from orchestrator_dagster.alerts import AlertsResource, check_alert_sensor, run_failure_alert_sensor
+from orchestrator_dagster.alerts import (AlertsResource, check_alert_sensor, failing_conditions,
+                                         run_failure_alert_sensor)
 from orchestrator_dagster.checks import report_health
 from orchestrator_dagster.definitions import defs
 from orchestrator_dagster.schedules import window_for_tick
@@ -111,6 +112,13 @@ def test_a_failing_check_alerts_once_per_shop_until_it_clears(dagster_instance, 
     tick(second.cursor)
     assert len(mine()) == 2 and mine()[1].startswith(f"[cleared] Check stuck_events failed — shop {shop.slug}")
 
+    # Checks nobody evaluated for a quarter of an hour (the health sensor stopped) are a condition too.
+    later = dt.datetime.now(UTC) + dt.timedelta(minutes=16)
+    stale = failing_conditions(dagster_instance, resources["alerts"], later)["checks:not_evaluated"]
+    assert stale.shop == "all shops" and "health_checks_sensor" in stale.what
+    assert "checks:not_evaluated" not in failing_conditions(dagster_instance, resources["alerts"],
+                                                            dt.datetime.now(UTC))
+
 
 def test_a_failing_run_alerts_once_per_failing_streak(dagster_instance, hook, connected_shop, admin):
     shop = connected_shop()
@@ -122,7 +130,7 @@ def test_a_failing_run_alerts_once_per_failing_streak(dagster_instance, hook, co
         admin.execute("UPDATE tenants SET active = %s WHERE id = %s", (active, shop.id))
         return job.execute_in_process(
             instance=dagster_instance, partition_key=window_for_tick(dt.datetime.now(UTC)), raise_on_error=False,
-            run_config={"ops": {"send_due_follow_ups": {"config": {"shops": [shop.slug]}}}}).success
+            run_config={"ops": {"send_due_follow_ups": {"config": {"shops": [shop.slug]}}}})
 
     def tick(cursor):
         # Built without the code location's name, like the in-process runs it watches.
@@ -135,20 +143,20 @@ def test_a_failing_run_alerts_once_per_failing_streak(dagster_instance, hook, co
         return [t for t in hook.texts() if f"Shop: {shop.slug}\n" in t]
 
     cursor = tick(None)  # a run failure sensor starts from now
-    assert not run_for_shop(active=False)
+    failed = run_for_shop(active=False)
+    assert not failed.success
     cursor = tick(cursor)
     [text] = mine()
-    failed = dagster_instance.get_runs(limit=1)[0]
     assert text.startswith("[ERROR] Run of touchpoints_job failed (partition ")
     assert f"step send_due_follow_ups: ValueError: no active shop named {shop.slug}" in text
     assert f"Dagster UI: http://127.0.0.1:3000/runs/{failed.run_id}" in text
 
-    assert not run_for_shop(active=False)  # the same condition again: no second alert
+    assert not run_for_shop(active=False).success  # the same condition again: no second alert
     cursor = tick(cursor)
     assert len(mine()) == 1
 
-    assert run_for_shop(active=True)  # it cleared, then fails again: a new alert
-    assert not run_for_shop(active=False)
+    assert run_for_shop(active=True).success  # it cleared, then fails again: a new alert
+    assert not run_for_shop(active=False).success
     tick(cursor)
     assert len(mine()) == 2
     admin.execute("UPDATE tenants SET active = true WHERE id = %s", (shop.id,))
