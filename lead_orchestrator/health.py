@@ -27,6 +27,7 @@ import psycopg
 
 from lead_orchestrator import redaction
 from lead_orchestrator.lead_stats import SLA_SECONDS, LeadFigures, MissedLead, lead_figures, missed_first_touches
+from lead_orchestrator.touch_runner import active_tenant_ids
 
 SLA_WINDOW = dt.timedelta(hours=1)
 SLA_TARGET = 0.95
@@ -132,10 +133,8 @@ def shop_health(conn: psycopg.Connection, tenant_id: int, now: dt.datetime) -> S
 
 def all_shops_health(db, now: dt.datetime) -> list[ShopHealth]:
     """Every active shop's figures, one tenant transaction each."""
-    with db.system_tx() as conn:
-        tenant_ids = [r["active_tenant_ids"] for r in conn.execute("SELECT active_tenant_ids()").fetchall()]
     healths = []
-    for tenant_id in tenant_ids:
+    for tenant_id in active_tenant_ids(db):
         with db.tenant_tx(tenant_id) as conn:
             healths.append(shop_health(conn, tenant_id, now))
     return healths

@@ -175,7 +175,8 @@ def run_failure_alert(context: RunFailureSensorContext, alerts: AlertsResource) 
 
 
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING,
-                    description="Alerts (webhook/email) when a job of this code location fails (once per failing streak).")
+                    description="Alerts (webhook/email) when a job of this code location fails "
+                                "(once per failing streak).")
 def run_failure_alert_sensor(context: RunFailureSensorContext, alerts: AlertsResource):
     channels = alerts.channels()
     if not channels.enabled:

@@ -14,7 +14,6 @@ the lead history must outlive the runs.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections import defaultdict
 from typing import Any, Mapping
 
@@ -23,10 +22,9 @@ from dagster import (AssetKey, AssetMaterialization, AssetRecordsFilter, Dagster
 
 from lead_orchestrator.ingest import EventResult, summarize
 from lead_orchestrator.lead_stats import LeadFigures, ShopStats, lead_figures, shop_stats
+from lead_orchestrator.touch_runner import active_tenant_ids
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.partitions import shop_partitions
-
-log = logging.getLogger(__name__)
 
 # Cumulative figures, in the order the UI lists them; all numbers, so each gets a plot.
 CUMULATIVE_KEYS = (
@@ -129,8 +127,7 @@ class LeadsHistory:
 
     def record_changed_shops(self, recorded_by: str) -> int:
         """Points for every active shop whose figures moved since its previous point."""
-        with self.db.system_tx() as conn:
-            tenant_ids = [r["t"] for r in conn.execute("SELECT t FROM active_tenant_ids() t").fetchall()]
+        tenant_ids = active_tenant_ids(self.db)
         for tenant_id in tenant_ids:
             with self.db.tenant_tx(tenant_id) as conn:
                 self._tenant_ids[conn.execute("SELECT slug FROM tenants").fetchone()["slug"]] = tenant_id

@@ -17,15 +17,16 @@ import datetime as dt
 import io
 from zoneinfo import ZoneInfo
 
-from dagster import (AssetMaterialization, AssetSpec, Config, DefaultScheduleStatus, FreshnessPolicy, MetadataValue,
-                     OpExecutionContext, RunRequest, ScheduleEvaluationContext, in_process_executor, job, op,
-                     schedule)
+from dagster import (AssetMaterialization, AssetSpec, Config, FreshnessPolicy, MetadataValue, OpExecutionContext,
+                     in_process_executor, job, op)
 
 from lead_orchestrator.lead_stats import SLA_SECONDS, LeadFigures, first_touch_latencies, lead_figures
 from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.shops import tenant_id_for_slug
+from lead_orchestrator.touch_runner import active_tenant_ids
 from orchestrator_dagster.partitions import shop_partitions
 from orchestrator_dagster.resources import DatabaseResource
+from orchestrator_dagster.schedules import daily_schedule
 
 REPORT_KEY = "lead_report"
 # Seconds from the estimate's creation: the buckets of the histogram (the last is open).
@@ -168,14 +169,14 @@ class ReportConfig(Config):
 def make_daily_reports(context: OpExecutionContext, config: ReportConfig, database: DatabaseResource) -> None:
     db = database.database()
     day = dt.date.fromisoformat(config.day) if config.day else None
-    with db.system_tx() as conn:
-        if config.shops:
+    if config.shops:
+        with db.system_tx() as conn:
             tenant_ids = [tenant_id_for_slug(conn, slug) for slug in config.shops]
-            unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
-            if unknown:
-                raise ValueError(f"no active shop named {', '.join(unknown)}")
-        else:
-            tenant_ids = [r["t"] for r in conn.execute("SELECT t FROM active_tenant_ids() t").fetchall()]
+        unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
+        if unknown:
+            raise ValueError(f"no active shop named {', '.join(unknown)}")
+    else:
+        tenant_ids = active_tenant_ids(db)
     now = dt.datetime.now(dt.timezone.utc)
     reports = [shop_report(db, tenant_id, now, day) for tenant_id in tenant_ids]
     slugs = [r.partition for r in reports]
@@ -193,7 +194,4 @@ def daily_reports_job():
 
 
 # 10:00 UTC: the previous day has ended in every US time zone (Hawaii at 00:00).
-@schedule(job=daily_reports_job, cron_schedule="0 10 * * *", execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.RUNNING)
-def daily_reports_schedule(context: ScheduleEvaluationContext):
-    return RunRequest(run_key=f"reports-{context.scheduled_execution_time:%Y%m%d}")
+daily_reports_schedule = daily_schedule(daily_reports_job, hour=10, name="daily_reports_schedule")

@@ -13,14 +13,15 @@ tables.
 
 import datetime as dt
 
-from dagster import (AssetKey, DagsterInstance, DagsterRunStatus, DefaultScheduleStatus, OpExecutionContext,
-                     RunRequest, RunsFilter, ScheduleEvaluationContext, in_process_executor, job, op, schedule)
+from dagster import (AssetKey, DagsterInstance, DagsterRunStatus, OpExecutionContext, RunsFilter, in_process_executor,
+                     job, op)
 
 from lead_orchestrator.inbox_retention import purge_done_events
 from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.resources import DatabaseResource
+from orchestrator_dagster.schedules import daily_schedule
 
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 BATCH = 200
@@ -88,7 +89,4 @@ def retention_job():
     purge_old_records()
 
 
-@schedule(job=retention_job, cron_schedule="30 9 * * *", execution_timezone="UTC",
-          default_status=DefaultScheduleStatus.RUNNING)
-def retention_schedule(context: ScheduleEvaluationContext):
-    return RunRequest(run_key=f"retention-{context.scheduled_execution_time:%Y%m%d}")
+retention_schedule = daily_schedule(retention_job, hour=9, minute=30, name="retention_schedule")

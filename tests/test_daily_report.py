@@ -38,7 +38,7 @@ def test_the_report_day_is_the_shops_previous_day():
     assert previous_day(now, "America/Los_Angeles") == dt.date(2026, 11, 20)
     assert previous_day(dt.datetime(2026, 11, 21, 3, 0, tzinfo=UTC), "America/Chicago") == dt.date(2026, 11, 19)
     request = daily_reports_schedule.evaluate_tick(build_schedule_context(scheduled_execution_time=now))
-    assert request.run_requests[0].run_key == "reports-20261121"
+    assert request.run_requests[0].run_key == "daily_reports_job-20261121"
 
 
 def test_the_report_draws_the_days_leads(dagster_instance, db, make_shop):

@@ -13,7 +13,7 @@ def test_figures_measure_from_the_estimates_creation_and_count_deferrals_apart(d
     shop = make_shop()
     now = dt.datetime.now(UTC).replace(microsecond=0)
     t = now - dt.timedelta(hours=2)
-    webhook = add_lead(db, shop, created=t, first_seen=t + dt.timedelta(seconds=1), sent_after_s=4, delivered=True)
+    add_lead(db, shop, created=t, first_seen=t + dt.timedelta(seconds=1), sent_after_s=4, delivered=True)
     # The poll found it 40 s after the estimate was written: our part took 1 s, the customer waited 41.
     poll = add_lead(db, shop, created=t, first_seen=t + dt.timedelta(seconds=40), source="poll", sent_after_s=41)
     add_lead(db, shop, created=t, first_seen=t, deferred=True, sent_after_s=9 * 3600)  # quiet hours

@@ -23,8 +23,8 @@ def own_instance(pg, tmp_path):
     with scratch_database(pg, "dagster_retention") as url:
         home = tmp_path / "dagster_home"
         home.mkdir()
-        (home / "dagster.yaml").write_text(
-            f"storage:\n  postgres:\n    postgres_url: \"{sqlalchemy_psycopg2_url(url)}\"\ntelemetry:\n  enabled: false\n")
+        (home / "dagster.yaml").write_text(f"storage:\n  postgres:\n    postgres_url: \"{sqlalchemy_psycopg2_url(url)}\"\n"
+                                           "telemetry:\n  enabled: false\n")
         instance = DagsterInstance.from_config(str(home))
         yield instance
         instance.dispose()
