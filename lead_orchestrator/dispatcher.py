@@ -42,16 +42,20 @@ def preload_vendor_sdks() -> None:
 
 
 class DagsterReporter:
-    """Records the fast path's results as `leads` history points in Dagster
-    (orchestrator_dagster/history.py: cumulative figures from the tables, and the batch's)."""
+    """Records the fast path's results as `leads` history points in Dagster, on a thread
+    of its own (orchestrator_dagster/history.py: cumulative figures from the tables, and
+    the batch's)."""
 
     def __init__(self, db):
-        from orchestrator_dagster.history import LeadsHistory
+        from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
 
-        self._history = LeadsHistory(db)
+        self._recorder = BackgroundRecorder(LeadsHistory(db), "dispatcher")
 
     def report(self, results: list[EventResult]) -> None:
-        self._history.record_results(results, "dispatcher")
+        self._recorder.submit(results)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._recorder.wait(timeout)
 
 
 class Dispatcher:

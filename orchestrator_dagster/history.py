@@ -13,7 +13,10 @@ the lead history must outlive the runs.
 """
 from __future__ import annotations
 
+import atexit
 import datetime as dt
+import logging
+import threading
 from collections import defaultdict
 from typing import Any, Mapping
 
@@ -25,6 +28,8 @@ from lead_orchestrator.lead_stats import LeadFigures, ShopStats, lead_figures, s
 from lead_orchestrator.touch_runner import active_tenant_ids
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.partitions import shop_partitions
+
+log = logging.getLogger(__name__)
 
 # Cumulative figures, in the order the UI lists them; all numbers, so each gets a plot.
 CUMULATIVE_KEYS = (
@@ -187,3 +192,47 @@ class LeadsHistory:
             if new:
                 self.instance.add_dynamic_partitions(shop_partitions.name, new)
             self._known.update(missing)
+
+
+class BackgroundRecorder:
+    """Records points on a thread of its own, so the dispatcher's claim loop never waits
+    for the figures (a shop's cumulative figures read all its leads: tens of milliseconds
+    for a year of a busy shop). Results handed over while a pass is running are recorded
+    together on the next pass; at exit, what is pending is drained for up to DRAIN_S."""
+
+    DRAIN_S = 20.0
+
+    def __init__(self, history: LeadsHistory, recorded_by: str):
+        self.history, self.recorded_by = history, recorded_by
+        self._pending: list[EventResult] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        threading.Thread(target=self._loop, name="leads-history", daemon=True).start()
+        atexit.register(self.wait, self.DRAIN_S)
+
+    def submit(self, results: list[EventResult]) -> None:
+        with self._lock:
+            self._pending.extend(results)
+            self._idle.clear()
+        self._wake.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until everything submitted is recorded; False if `timeout` ran out."""
+        return self._idle.wait(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    self.history.record_results(batch, self.recorded_by)
+                except Exception:  # noqa: BLE001 - the next pass records the shops' figures again
+                    log.exception("could not record leads history points")
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()

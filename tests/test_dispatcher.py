@@ -60,6 +60,7 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
     wait_for(lambda: dispatcher.processed >= 1, timeout=15, message="event processed")
     stop.set()
     thread.join(timeout=10)
+    assert dispatcher.reporter.wait(timeout=20)  # points are recorded off the claim loop
     event = dagster_instance.get_latest_materialization_event(AssetKey("leads"))
     records = dagster_instance.fetch_materializations(AssetKey("leads"), limit=50).records
     mine = [r for r in records if r.partition_key == shop.slug]
