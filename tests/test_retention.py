@@ -13,7 +13,7 @@ from lead_orchestrator.db import sqlalchemy_psycopg2_url
 from lead_orchestrator.inbox_retention import purge_done_events
 from orchestrator_dagster.definitions import defs
 from orchestrator_dagster.resources import DatabaseResource
-from orchestrator_dagster.retention import purge_runless_check_evaluations, purge_runs
+from orchestrator_dagster.retention import purge_runless_check_evaluations, purge_runs, retention_schedule
 from tests.conftest import scratch_database
 from tests.health_support import UTC, add_event, add_lead
 
@@ -95,4 +95,4 @@ def test_the_retention_job_runs(own_instance, database_url):
     result = job_def.execute_in_process(instance=own_instance,
                                         resources={"database": DatabaseResource(database_url=database_url)})
     assert result.success
-    assert defs.get_schedule_def("retention_schedule").cron_schedule == "30 9 * * *"
+    assert retention_schedule.cron_schedule == "30 9 * * *" and retention_schedule.job_name == "retention_job"
