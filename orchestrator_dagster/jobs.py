@@ -6,11 +6,11 @@ from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
 from lead_orchestrator.ingest import claim_events, process_claimed_events
 from lead_orchestrator.redaction import redacted_errors
-from lead_orchestrator.shops import tenant_id_for_slug
 from lead_orchestrator.touch_runner import send_due_touches
 from orchestrator_dagster.history import LeadsHistory
 from orchestrator_dagster.partitions import touchpoint_windows
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
+from orchestrator_dagster.shop_selection import named_tenant_ids
 
 CLAIM_BATCH = 200
 MAX_EVENTS_PER_RUN = 5000
@@ -60,13 +60,7 @@ def send_due_follow_ups(context: OpExecutionContext, config: FollowUpConfig, dat
     window = context.partition_time_window
     now = dt.datetime.now(dt.timezone.utc)
     db, clients = database.database(), vendors.vendors()
-    tenant_ids = None
-    if config.shops:
-        with db.system_tx() as conn:
-            tenant_ids = [tenant_id_for_slug(conn, slug) for slug in config.shops]
-        unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
-        if unknown:
-            raise ValueError(f"no active shop named {', '.join(unknown)}")
+    tenant_ids = named_tenant_ids(db, config.shops)
     try:
         report = send_due_touches(db, clients, now=now, due_before=min(window.end, now), tenant_ids=tenant_ids)
     finally:

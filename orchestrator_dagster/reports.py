@@ -22,11 +22,10 @@ from dagster import (AssetMaterialization, AssetSpec, Config, FreshnessPolicy, M
 
 from lead_orchestrator.lead_stats import SLA_SECONDS, LeadFigures, first_touch_latencies, lead_figures
 from lead_orchestrator.redaction import redacted_errors
-from lead_orchestrator.shops import tenant_id_for_slug
-from lead_orchestrator.touch_runner import active_tenant_ids
 from orchestrator_dagster.partitions import shop_partitions
 from orchestrator_dagster.resources import DatabaseResource
 from orchestrator_dagster.schedules import daily_schedule
+from orchestrator_dagster.shop_selection import tenant_ids_to_run
 
 REPORT_KEY = "lead_report"
 # Seconds from the estimate's creation: the buckets of the histogram (the last is open).
@@ -169,14 +168,7 @@ class ReportConfig(Config):
 def make_daily_reports(context: OpExecutionContext, config: ReportConfig, database: DatabaseResource) -> None:
     db = database.database()
     day = dt.date.fromisoformat(config.day) if config.day else None
-    if config.shops:
-        with db.system_tx() as conn:
-            tenant_ids = [tenant_id_for_slug(conn, slug) for slug in config.shops]
-        unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
-        if unknown:
-            raise ValueError(f"no active shop named {', '.join(unknown)}")
-    else:
-        tenant_ids = active_tenant_ids(db)
+    tenant_ids = tenant_ids_to_run(db, config.shops)
     now = dt.datetime.now(dt.timezone.utc)
     reports = [shop_report(db, tenant_id, now, day) for tenant_id in tenant_ids]
     slugs = [r.partition for r in reports]
