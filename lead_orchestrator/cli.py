@@ -70,7 +70,7 @@ def dispatcher(workers: int) -> None:
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
         db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
-        reporter = DagsterReporter() if settings.dagster_home else None
+        reporter = DagsterReporter(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
         click.echo(f"dispatcher: {workers} workers, waiting for inbox events")

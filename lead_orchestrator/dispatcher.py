@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 
 from lead_orchestrator.db import is_connection_error, short_reason
-from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event, summarize
+from lead_orchestrator.ingest import EventResult, claim_events, process_event, release_event
 from lead_orchestrator.send_reconcile import start_send_reconciler
 
 log = logging.getLogger(__name__)
@@ -57,31 +57,20 @@ def preload_vendor_sdks() -> None:
 
 
 class DagsterReporter:
-    """Writes `leads` materializations for the fast path's results into Dagster's event log."""
+    """Records the fast path's results as `leads` history points in Dagster, on a thread
+    of its own (orchestrator_dagster/history.py: cumulative figures from the tables, and
+    the batch's)."""
 
-    def __init__(self):
-        # Opened on first use: Dagster's storage may be down when the dispatcher starts.
-        self._instance = None
-        self._known: set[str] = set()
+    def __init__(self, db):
+        from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
+
+        self._recorder = BackgroundRecorder(LeadsHistory(db), "dispatcher")
 
     def report(self, results: list[EventResult]) -> None:
-        from dagster import DagsterInstance
+        self._recorder.submit(results)
 
-        from orchestrator_dagster.assets import leads_materialization
-        from orchestrator_dagster.partitions import shop_partitions
-
-        if self._instance is None:
-            self._instance = DagsterInstance.get()
-        summaries = {slug: s for slug, s in summarize(results).items() if slug != "?"}
-        missing = sorted(set(summaries) - self._known)
-        if missing:
-            existing = set(self._instance.get_dynamic_partitions(shop_partitions.name))
-            new = [slug for slug in missing if slug not in existing]
-            if new:
-                self._instance.add_dynamic_partitions(shop_partitions.name, new)
-            self._known.update(missing)
-        for summary in summaries.values():
-            self._instance.report_runless_asset_event(leads_materialization(summary))
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._recorder.wait(timeout)
 
 
 class Dispatcher:

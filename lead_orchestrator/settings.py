@@ -117,6 +117,17 @@ class Settings(BaseSettings):
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
         return base_url(value, cls.model_fields[info.field_name].alias)
+    # Operations (docs/operations.md). Alerts are off while their variables are unset; the
+    # Dagster code location reads them as EnvVar (orchestrator_dagster/alerts.py).
+    alert_webhook_url: SecretStr | None = Field(default=None, alias="ALERT_WEBHOOK_URL")
+    alert_email_to: str | None = Field(default=None, alias="ALERT_EMAIL_TO")
+    alert_email_from: str | None = Field(default=None, alias="ALERT_EMAIL_FROM")
+    alert_sendgrid_api_key: SecretStr | None = Field(default=None, alias="ALERT_SENDGRID_API_KEY")
+    dagster_ui_url: str = Field(default="http://127.0.0.1:3000", alias="DAGSTER_UI_URL")
+    # First hourly touch-point window; unset: the day the Dagster instance first loaded the code.
+    touchpoints_start_date: str | None = Field(default=None, alias="TOUCHPOINTS_START_DATE")
+    run_retention_days: int = Field(default=30, gt=0, alias="RUN_RETENTION_DAYS")
+    inbox_retention_days: int = Field(default=365, gt=0, alias="INBOX_RETENTION_DAYS")
 
     def secret_key(self) -> str:
         from lead_orchestrator import redaction

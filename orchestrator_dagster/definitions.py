@@ -5,18 +5,23 @@ import os
 
 from dagster import Definitions, EnvVar
 
+from orchestrator_dagster.alerts import alerts_from_environment, check_alert_sensor, run_failure_alert_sensor
 from orchestrator_dagster.assets import leads
+from orchestrator_dagster.checks import health_checks_sensor, leads_health_checks
 from orchestrator_dagster.jobs import ingest_job, touchpoints_job
 from orchestrator_dagster.replay import replay_job
+from orchestrator_dagster.reports import daily_reports_job, daily_reports_schedule, lead_report
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
+from orchestrator_dagster.retention import retention_job, retention_schedule
 from orchestrator_dagster.schedules import touchpoints_schedule
 from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
 
 defs = Definitions(
-    assets=[leads],
-    jobs=[ingest_job, touchpoints_job, replay_job],
-    sensors=[inbox_sensor, poll_sensor],
-    schedules=[touchpoints_schedule],
+    assets=[leads, lead_report],
+    asset_checks=[leads_health_checks],
+    jobs=[ingest_job, touchpoints_job, replay_job, daily_reports_job, retention_job],
+    sensors=[inbox_sensor, poll_sensor, health_checks_sensor, check_alert_sensor, run_failure_alert_sensor],
+    schedules=[touchpoints_schedule, daily_reports_schedule, retention_schedule],
     resources={
         "database": DatabaseResource(database_url=EnvVar("DATABASE_URL")),
         "vendors": VendorsResource(
@@ -28,5 +33,6 @@ defs = Definitions(
             # Optional, so not an EnvVar (which refuses to load when the variable is unset).
             inbound_parse_domain=os.environ.get("INBOUND_PARSE_DOMAIN", ""),
         ),
+        "alerts": alerts_from_environment(),
     },
 )

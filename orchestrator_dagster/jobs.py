@@ -4,13 +4,13 @@ import datetime as dt
 
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
-from lead_orchestrator.ingest import claim_events, process_claimed_events, summarize
+from lead_orchestrator.ingest import claim_events, process_claimed_events
 from lead_orchestrator.redaction import redacted_errors
-from lead_orchestrator.shops import tenant_id_for_slug
 from lead_orchestrator.touch_runner import send_due_touches
-from orchestrator_dagster.assets import leads_materialization
-from orchestrator_dagster.partitions import shop_partitions, touchpoint_windows
+from orchestrator_dagster.history import LeadsHistory
+from orchestrator_dagster.partitions import touchpoint_windows
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
+from orchestrator_dagster.shop_selection import named_tenant_ids
 
 CLAIM_BATCH = 200
 MAX_EVENTS_PER_RUN = 5000
@@ -31,15 +31,11 @@ def ingest_inbox_events(context: OpExecutionContext, database: DatabaseResource,
             results += process_claimed_events(db, clients, claimed)
     finally:
         clients.close()
-    summaries = summarize(results)
-    known = set(context.instance.get_dynamic_partitions(shop_partitions.name))
-    missing = sorted(set(summaries) - known - {"?"})
-    if missing:
-        context.instance.add_dynamic_partitions(shop_partitions.name, missing)
-    for slug, summary in sorted(summaries.items()):
-        if slug != "?":
-            context.log_event(leads_materialization(summary))
-    context.log.info(f"processed {len(results)} events for {len(summaries)} shops")
+    context.log.info(f"processed {len(results)} events")
+    try:
+        LeadsHistory(db, context.instance).record_results(results, f"ingest run {context.run_id[:8]}")
+    except Exception:  # noqa: BLE001 - the events are processed; a missing point is not their failure
+        context.log.exception("could not record the leads history")
 
 
 # One op per job: the in-process executor saves the step subprocess (~1 s of CPU and
@@ -64,18 +60,16 @@ def send_due_follow_ups(context: OpExecutionContext, config: FollowUpConfig, dat
     window = context.partition_time_window
     now = dt.datetime.now(dt.timezone.utc)
     db, clients = database.database(), vendors.vendors()
-    tenant_ids = None
-    if config.shops:
-        with db.system_tx() as conn:
-            tenant_ids = [tenant_id_for_slug(conn, slug) for slug in config.shops]
-        unknown = [slug for slug, tid in zip(config.shops, tenant_ids) if tid is None]
-        if unknown:
-            raise ValueError(f"no active shop named {', '.join(unknown)}")
+    tenant_ids = named_tenant_ids(db, config.shops)
     try:
         report = send_due_touches(db, clients, now=now, due_before=min(window.end, now), tenant_ids=tenant_ids)
     finally:
         clients.close()
     context.log.info(f"window {window.start:%Y-%m-%d %H:%M}: {dict(report)}")
+    try:  # follow-ups, replies, stops and conversions since the last point, in the leads history
+        LeadsHistory(db, context.instance).record_changed_shops(f"touch-point run {context.run_id[:8]}")
+    except Exception:  # noqa: BLE001 - the follow-ups went out; a missing point is not their failure
+        context.log.exception("could not record the leads history")
 
 
 @job(partitions_def=touchpoint_windows, executor_def=in_process_executor,

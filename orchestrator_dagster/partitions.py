@@ -18,13 +18,44 @@ Touch-point windows: why hourly partitions with a tick every 4 minutes.
 
 A window's runs (and any backfill of it) send what was due up to the end of that window
 and is still owed; what was already sent is never owed again, so re-running is safe.
+
+The first window is the deployment's first day: TOUCHPOINTS_START_DATE when set, else the
+day this Dagster instance first loaded the code location (kept in
+DAGSTER_HOME/touchpoints_start_date, so every process of the instance agrees). Windows
+before it never had runs, and the UI would list each of them as missing and invite a
+backfill of hundreds of runs.
 """
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 from dagster import DynamicPartitionsDefinition, HourlyPartitionsDefinition
+
+from lead_orchestrator.settings import _generated, get_settings
 
 shop_partitions = DynamicPartitionsDefinition(name="shops")
 
-# end_offset=1: the hour in progress is a partition too. Without it a window exists only
-# once it has ended, and the ticks inside an hour would name a partition Dagster refuses.
-touchpoint_windows = HourlyPartitionsDefinition(start_date="2026-11-01-00:00", timezone="UTC", end_offset=1)
+START_FILE = "touchpoints_start_date"
+
+
+def touchpoints_start_date(configured: str | None, dagster_home: Path | None, today: dt.date) -> dt.date:
+    """The first day of touch-point windows (see the module's docstring)."""
+    if configured:
+        try:
+            return dt.date.fromisoformat(configured.strip())
+        except ValueError:
+            raise ValueError(f"TOUCHPOINTS_START_DATE must be a date like 2026-11-01, not {configured!r}") from None
+    if dagster_home is None:
+        return today
+    return dt.date.fromisoformat(_generated(Path(dagster_home) / START_FILE, today.isoformat))
+
+
+def hourly_windows(start: dt.date) -> HourlyPartitionsDefinition:
+    # end_offset=1: the hour in progress is a partition too. Without it a window exists only
+    # once it has ended, and the ticks inside an hour would name a partition Dagster refuses.
+    return HourlyPartitionsDefinition(start_date=f"{start:%Y-%m-%d}-00:00", timezone="UTC", end_offset=1)
+
+
+touchpoint_windows = hourly_windows(touchpoints_start_date(
+    get_settings().touchpoints_start_date, get_settings().dagster_home, dt.datetime.now(dt.timezone.utc).date()))

@@ -27,3 +27,15 @@ def touchpoints_schedule(context: ScheduleEvaluationContext):
     tick = context.scheduled_execution_time
     partition = window_for_tick(tick)
     return RunRequest(run_key=f"touchpoints-{tick:%Y%m%dT%H%M}", partition_key=partition)
+
+
+def daily_schedule(job_def, *, hour: int, minute: int = 0, name: str):
+    """A run of `job_def` every day at hh:mm UTC, one run key per day (a tick retried by
+    the daemon does not launch a second run)."""
+
+    @schedule(name=name, job=job_def, cron_schedule=f"{minute} {hour} * * *", execution_timezone="UTC",
+              default_status=DefaultScheduleStatus.RUNNING)
+    def _daily(context: ScheduleEvaluationContext):
+        return RunRequest(run_key=f"{job_def.name}-{context.scheduled_execution_time:%Y%m%d}")
+
+    return _daily

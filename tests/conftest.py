@@ -3,6 +3,7 @@ receiver over real HTTP, and shops to test with."""
 from __future__ import annotations
 
 import base64
+import datetime
 from contextlib import contextmanager
 import itertools
 import os
@@ -22,6 +23,10 @@ from tests.support import ThreadedServer
 # One encryption key for the whole session, this process and the Dagster processes it
 # starts: shop secrets are stored encrypted with it (never a key file in the work tree).
 os.environ.setdefault("LEAD_ENCRYPTION_KEY", Fernet.generate_key().decode())
+# Touch-point windows start a week before the session (not on its first day, as they would
+# by default): tests run the windows of the last hours, also just after midnight UTC.
+os.environ.setdefault("TOUCHPOINTS_START_DATE",
+                      (datetime.datetime.now(datetime.timezone.utc).date() - datetime.timedelta(days=7)).isoformat())
 
 TENANT_TABLES = ("inbox_events", "leads", "contacts", "touches", "lead_events", "poll_state", "tenants")
 

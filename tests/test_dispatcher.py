@@ -53,16 +53,17 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
 
     shop = connected_shop()
     standins.shopmonkey.create_order(shop.shopmonkey_api_key.get_secret_value(), wait_webhook=True)
-    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter())
+    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter(db))
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
     wait_for(lambda: dispatcher.processed >= 1, timeout=15, message="event processed")
     stop.set()
     thread.join(timeout=10)
+    assert dispatcher.reporter.wait(timeout=20)  # points are recorded off the claim loop
     event = dagster_instance.get_latest_materialization_event(AssetKey("leads"))
     records = dagster_instance.fetch_materializations(AssetKey("leads"), limit=50).records
     mine = [r for r in records if r.partition_key == shop.slug]
     assert mine, f"no leads materialization for {shop.slug}; latest: {event}"
     metadata = mine[0].asset_materialization.metadata
-    assert metadata["new"].value == 1
+    assert metadata["batch_new"].value == 1 and metadata["leads_total"].value == 1

@@ -8,7 +8,7 @@ import datetime as dt
 from dagster import DagsterRunStatus, RunsFilter, build_schedule_context
 
 from orchestrator_dagster.definitions import defs
-from orchestrator_dagster.partitions import touchpoint_windows
+from orchestrator_dagster.partitions import hourly_windows, touchpoint_windows
 from orchestrator_dagster.schedules import touchpoints_schedule, window_for_tick
 from tests.conftest import emails_to, sms_to
 from tests.touchpoint_support import UTC, insert_lead, touches_of, unique_email, unique_phone
@@ -66,26 +66,31 @@ def test_a_window_run_for_an_unknown_shop_fails_loudly(dagster_instance):
 
 
 def test_each_tick_runs_the_window_it_falls_in_and_minute_zero_closes_the_last_one():
+    # A day well inside the deployment's windows (they start a week before the session).
+    day = dt.datetime.combine(dt.datetime.now(UTC).date() - dt.timedelta(days=1), dt.time(0), UTC)
+
     def partition_at(hh, mm):
-        tick = dt.datetime(2026, 11, 20, hh, mm, tzinfo=UTC)
+        tick = day.replace(hour=hh, minute=mm)
         context = build_schedule_context(scheduled_execution_time=tick, repository_def=defs.get_repository_def())
         request = touchpoints_schedule.evaluate_tick(context)
         return request.run_requests[0].partition_key
 
-    assert partition_at(10, 0) == "2026-11-20-09:00"
-    assert partition_at(10, 4) == "2026-11-20-10:00"
-    assert partition_at(10, 56) == "2026-11-20-10:00"
-    assert partition_at(0, 0) == "2026-11-19-23:00"
+    assert partition_at(10, 0) == f"{day:%Y-%m-%d}-09:00"
+    assert partition_at(10, 4) == f"{day:%Y-%m-%d}-10:00"
+    assert partition_at(10, 56) == f"{day:%Y-%m-%d}-10:00"
+    assert partition_at(0, 0) == f"{day - dt.timedelta(days=1):%Y-%m-%d}-23:00"
     # Every tick names a window that exists at that moment (the one in progress included).
+    windows = hourly_windows(dt.date(2026, 11, 1))
     day = dt.datetime(2026, 11, 20, tzinfo=UTC)
     for minute in range(0, 24 * 60, 4):
         tick = day + dt.timedelta(minutes=minute)
-        assert window_for_tick(tick) in touchpoint_windows.get_partition_keys(current_time=tick)
+        assert window_for_tick(tick) in windows.get_partition_keys(current_time=tick)
     assert touchpoints_schedule.cron_schedule == "*/4 * * * *"
 
 
 def test_hourly_windows_stay_within_dagsters_partition_guidance_for_years():
+    windows = hourly_windows(dt.date(2026, 11, 1))
     year_later = dt.datetime(2027, 11, 1, tzinfo=UTC)
-    assert len(touchpoint_windows.get_partition_keys(current_time=year_later)) == 8760 + 1  # + the hour in progress
+    assert len(windows.get_partition_keys(current_time=year_later)) == 8760 + 1  # + the hour in progress
     ten_years = dt.datetime(2036, 11, 1, tzinfo=UTC)
-    assert len(touchpoint_windows.get_partition_keys(current_time=ten_years)) < 100_000
+    assert len(windows.get_partition_keys(current_time=ten_years)) < 100_000
