@@ -132,11 +132,13 @@ def pod_env(image_venv, empty_database, tmp_path_factory) -> dict[str, str]:
         if keyword == "ENV":
             runtime_env.update(env_assignments(args))
     closed = f"http://127.0.0.1:{free_port()}"
+    pod_tmp = tmp_path_factory.mktemp("pod-tmp")
     env = {
         **runtime_env, **config_map(),
         "PATH": f"{image_venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path_factory.mktemp("home")),
         "DAGSTER_HOME": str(tmp_path_factory.mktemp("dagster_home")),
-        "LEAD_DATA_DIR": str(tmp_path_factory.mktemp("lead-data")),
+        # The pod's only writable place, its /tmp emptyDir (see the write watch below).
+        "TMPDIR": str(pod_tmp), "LEAD_DATA_DIR": str(pod_tmp / "lead-orchestrator"),
         "SHOPMONKEY_BASE_URL": closed, "TWILIO_API_BASE_URL": closed, "SENDGRID_API_BASE_URL": closed,
         "DATABASE_URL": server.url(names["app"]), "LEAD_ENCRYPTION_KEY": os.environ["LEAD_ENCRYPTION_KEY"],
         "APP_SECRET_KEY": "image-test-secret-key", "METRICS_TOKEN": "image-test-metrics-token",
@@ -148,16 +150,54 @@ def pod_env(image_venv, empty_database, tmp_path_factory) -> dict[str, str]:
     return env
 
 
+# Loaded by every Python process of a role (sitecustomize on PYTHONPATH): records each
+# attempt to write, create, rename or delete a file outside the pod's /tmp stand-in, as
+# a read-only root filesystem would refuse it.
+WRITE_WATCH = """
+import os, sys
+_allowed = tuple(os.environ["POD_WRITABLE"].split(os.pathsep))
+_log = open(os.environ["POD_WRITE_LOG"], "a", buffering=1)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+_CHANGES = {"os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "os.symlink", "os.link",
+            "os.truncate", "os.chmod", "os.chown", "os.utime", "shutil.copyfile", "shutil.rmtree"}
+
+def _watch(event, args):
+    if event == "open":
+        path, mode, flags = args
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
+    elif event in _CHANGES:
+        path, writing = args[-1] if event == "shutil.copyfile" else args[0], True
+    else:
+        return
+    if writing and isinstance(path, (str, bytes, os.PathLike)):
+        full = os.path.abspath(os.fsdecode(path))
+        if not full.startswith(_allowed):
+            _log.write(event + " " + full + "\\n")
+
+sys.addaudithook(_watch)
+"""
+
+
 class Role:
-    """One role's process, started as the image would start it, from an empty folder."""
+    """One role's process, started as the image would start it, from an empty folder,
+    with every file it writes outside the pod's /tmp recorded (`writes()`)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], workdir: Path):
-        self.log = workdir / f"{Path(argv[0]).name}-{uuid.uuid4().hex[:6]}.log"
+        name = f"{Path(argv[0]).name}-{uuid.uuid4().hex[:6]}"
+        self.log, self.write_log, watch = workdir / f"{name}.log", workdir / f"{name}.writes", workdir / name
+        watch.mkdir()
+        (watch / "sitecustomize.py").write_text(WRITE_WATCH)
+        self.write_log.touch()
+        env = {**env, "PYTHONPATH": str(watch), "POD_WRITE_LOG": str(self.write_log),
+               "POD_WRITABLE": os.pathsep.join([env["TMPDIR"], "/dev/", str(self.write_log)])}
         self.proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def writes(self) -> list[str]:
+        return self.write_log.read_text().splitlines()
 
     def stop(self, timeout: float = 20) -> int:
         if self.proc.poll() is None:
@@ -185,15 +225,23 @@ def on_loopback(argv: list[str], port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def migrated(pod_env, tmp_path_factory):
     """The migration Job's command, from the image, on an empty database."""
-    workdir = tmp_path_factory.mktemp("workdir")
-    done = subprocess.run(command_of("Job", "lead-migrate"), env=pod_env, cwd=workdir, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    job = Role(command_of("Job", "lead-migrate"), pod_env, tmp_path_factory.mktemp("workdir"))
+    assert job.proc.wait(180) == 0, job.output()
+    return job
+
+
+def test_the_write_watch_sees_a_write_outside_tmp(pod_env, tmp_path):
+    outside, inside = tmp_path / "outside.txt", Path(pod_env["TMPDIR"]) / "inside.txt"
+    script = f"open({str(outside)!r}, 'w').write('x'); open({str(inside)!r}, 'w').write('x')"
+    role = Role(["python", "-c", script], pod_env, tmp_path)
+    assert role.proc.wait(30) == 0, role.output()
+    assert role.writes() == [f"open {outside}"]
 
 
 def test_migration_job_applies_the_schema_from_the_image(migrated, pod_env, tmp_path):
-    assert migrated.startswith("applied ")
+    assert "applied " in migrated.output()
+    # The Job's root filesystem is read-only: it wrote nothing outside /tmp.
+    assert migrated.writes() == []
     with psycopg.connect(pod_env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT to_regclass('inbox_events') IS NOT NULL").fetchone()[0]
     again = subprocess.run(command_of("Job", "lead-migrate"), env=pod_env, cwd=tmp_path, capture_output=True,
@@ -224,6 +272,8 @@ def test_receiver_from_the_image_answers_its_probes(migrated, pod_env, tmp_path)
         # inbox writer has flushed what it held.
         assert receiver.stop() in (0, -signal.SIGTERM), receiver.output()
         assert "Application shutdown complete" in receiver.output()
+    # Its root filesystem is read-only in the pod: it wrote nothing outside /tmp.
+    assert receiver.writes() == []
 
 
 def test_code_server_from_the_image_passes_the_charts_readiness_check(migrated, pod_env, tmp_path):
@@ -245,6 +295,10 @@ def test_code_server_from_the_image_passes_the_charts_readiness_check(migrated, 
         assert "orchestrator_dagster.definitions" in repositories
     finally:
         server.stop()
+    # Its root filesystem is read-only in the pod (dagster-values.yaml), with emptyDirs at
+    # /tmp and DAGSTER_HOME, where it keeps a default local instance.
+    assert all(Path(line.split(" ", 1)[1]).is_relative_to(pod_env["DAGSTER_HOME"]) for line in server.writes()), \
+        server.writes()
 
 
 def test_dispatcher_from_the_image_starts_with_the_clusters_dagster_instance(migrated, pod_env, tmp_path):
@@ -267,3 +321,5 @@ def test_dispatcher_from_the_image_starts_with_the_clusters_dagster_instance(mig
                      message="the dispatcher's alive lock")
     finally:
         assert dispatcher.stop() == 0, dispatcher.output()
+    # Its root filesystem and DAGSTER_HOME (a ConfigMap) are read-only in the pod.
+    assert dispatcher.writes() == []

@@ -236,6 +236,13 @@ def test_helm_values_use_dagsters_engine_and_this_deployments_names():
     deployment = user_deployment()
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     assert deployment["podSecurityContext"]["runAsUser"] == image_user()
+    # Read-only but for emptyDirs at /tmp and Dagster's home (what it writes, measured in
+    # tests/test_container_image.py).
+    assert deployment["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in deployment["volumes"]}
+    mounted = {m["mountPath"]: volumes[m["name"]] for m in deployment["volumeMounts"]}
+    assert all("emptyDir" in mounted[path] for path in ("/tmp", values["global"].get("dagsterHome",
+                                                                                      "/opt/dagster/dagster_home")))
     for sources in (deployment, values["runLauncher"]["config"]["k8sRunLauncher"]):
         assert [s["name"] for s in sources["envConfigMaps"]] == ["lead-orchestrator-config"]
         assert [s["name"] for s in sources["envSecrets"]] == ["lead-orchestrator-secrets"]
