@@ -73,12 +73,17 @@ def test_the_touch_point_run_records_shops_whose_figures_moved(dagster_instance,
         assert result.success
         return result.run_id
 
-    first_run = run()
-    [first] = points(dagster_instance, shop.slug)
-    assert values(first)["recorded_by"] == f"touch-point run {first_run[:8]}"
+    def recorded_by(run_id):
+        return [p for p in points(dagster_instance, shop.slug)
+                if values(p)["recorded_by"] == f"touch-point run {run_id[:8]}"]
 
-    run()  # nothing moved: no new point
-    assert len(points(dagster_instance, shop.slug)) == 1
+    # Another run over every shop (the session's daemon, another test) may record a point
+    # for this shop too: what matters is what each of our runs recorded.
+    first_run = run()
+    assert len(recorded_by(first_run)) == 1
+
+    second_run = run()  # nothing moved: no new point
+    assert recorded_by(second_run) == []
 
     # The customer answered (through the receiver): the next run records it.
     with db.tenant_tx(shop.id) as conn:
