@@ -16,7 +16,8 @@ from lead_orchestrator.crm.base import (ChangeKind, CrmAdapter, EstimateStatus, 
                                         version_key)
 from lead_orchestrator.crm.tekmetric import (TekmetricAdapter, TekmetricClient, new_webhook_token, plan_poll,
                                              shops_served, token_matches)
-from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, SANDBOX_BUDGET_PER_MINUTE
+from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, SANDBOX_BUDGET_PER_MINUTE, safe_per_minute
+from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.tekmetric.client import PAGE_SIZE
 from lead_orchestrator.crm.tekmetric.mapping import cents, parse_customer, parse_repair_order, parse_vehicle
 from lead_orchestrator.crm.tekmetric.webhooks import parse_webhook
@@ -230,26 +231,27 @@ def test_url_token_checked_before_the_body_is_read():
 
 # --- the budget planner ----------------------------------------------------------------
 
-def test_one_partner_app_serves_218_shops_at_30_seconds():
-    assert shops_served(30) == 218
-    assert shops_served(30, deleted_every=1) == 120  # a deletion query every cycle
-    assert shops_served(30, reserve_per_minute=0, deleted_every=1) == 150
-    assert shops_served(60) == 436 and shops_served(300) == 2181
-    assert shops_served(30, budget_per_minute=SANDBOX_BUDGET_PER_MINUTE) == 81
-    plan = plan_poll(218)
-    assert plan.at_target and plan.requests_per_minute <= plan.poll_budget_per_minute == 480
-    assert not plan_poll(219).at_target
+def test_one_partner_app_serves_204_shops_at_30_seconds():
+    assert safe_per_minute(BUDGET_PER_MINUTE) == 570
+    assert shops_served(30) == 204
+    assert shops_served(30, deleted_every=1) == 112  # a deletion query every cycle
+    assert shops_served(30, reserve_per_minute=0, deleted_every=1) == 142
+    assert shops_served(60) == 409 and shops_served(300) == 2045
+    assert shops_served(30, budget_per_minute=SANDBOX_BUDGET_PER_MINUTE) == 75
+    plan = plan_poll(204)
+    assert plan.at_target and plan.requests_per_minute <= plan.poll_budget_per_minute == 450
+    assert not plan_poll(205).at_target
 
 
 def test_a_thousand_shops_stay_under_600_a_minute():
     plan = plan_poll(1000)
-    assert (plan.busy_interval_s, plan.quiet_interval_s) == (138, 138)
-    assert plan.requests_per_minute <= 480 < BUDGET_PER_MINUTE
+    assert (plan.busy_interval_s, plan.quiet_interval_s) == (147, 147)
+    assert plan.requests_per_minute <= 450 and 450 + 120 < BUDGET_PER_MINUTE
     tiered = plan_poll(1000, busy=100)
-    assert (tiered.busy_interval_s, tiered.quiet_interval_s) == (30, 229)
-    assert tiered.requests_per_minute <= 480
+    assert (tiered.busy_interval_s, tiered.quiet_interval_s) == (30, 259)
+    assert tiered.requests_per_minute <= 450
     crowded = plan_poll(1000, busy=400)  # the busy ones alone would not fit at 30 s
-    assert crowded.busy_interval_s == crowded.quiet_interval_s == 138
+    assert crowded.busy_interval_s == crowded.quiet_interval_s == 147
 
 
 @given(shops=st.integers(0, 20000), busy_share=st.floats(0, 1), budget=st.integers(60, 2000),
@@ -258,8 +260,28 @@ def test_the_plan_never_spends_more_than_the_budget(shops, busy_share, budget, r
     reserve = int(budget * reserve_share)
     plan = plan_poll(shops, busy=int(shops * busy_share), budget_per_minute=budget, reserve_per_minute=reserve,
                      deleted_every=deleted_every)
-    assert plan.requests_per_minute <= budget - reserve + 1e-6
+    assert plan.requests_per_minute <= safe_per_minute(budget) - reserve + 1e-6
     assert 30 <= plan.busy_interval_s <= plan.quiet_interval_s
+
+
+def test_the_limiter_waits_briefly_or_refuses():
+    clock = FakeClock()
+    limiter = SlidingWindowLimiter(3, 60, max_wait_s=2.0, clock=clock, sleep=clock.sleep)
+    for _ in range(3):
+        limiter.acquire()
+        clock.now += 19.5
+    limiter.acquire()  # 58.5 s after the first: waits 1.5 s for it to leave the window
+    assert clock.slept == [1.5] and limiter.in_window() == 3
+    with pytest.raises(CrmRateLimited) as refused:
+        limiter.acquire()  # the next slot frees in 19.5 s: too long to wait here
+    assert refused.value.retry_after == 19.5 and refused.value.status is None and limiter.refused == 1
+    clock.now += 18.0
+    with pytest.raises(CrmRateLimited):
+        limiter.acquire(deadline=clock.now + 1.0)  # would wait 1.5 s, past the caller's deadline
+    limiter.acquire()
+    assert clock.slept == [1.5, 1.5]
+    with pytest.raises(ValueError):
+        SlidingWindowLimiter(0)
 
 
 @pytest.mark.parametrize("kwargs", [{"shops": -1}, {"shops": 3, "busy": 4}, {"shops": 3, "reserve_per_minute": 600},
@@ -434,6 +456,17 @@ def test_429_is_rate_limited_and_holds_every_request_back(tm, client, clock):
     assert adapter.changes_since(dt.datetime.now(dt.timezone.utc)).complete
     assert clock.slept == []  # never waited inside the client
     tm.set_budget(None)
+
+
+def test_the_clients_limiter_refuses_before_tekmetric_would(standins, tm, clock):
+    with TekmetricClient(standins.tekmetric_url, APP, SECRET, clock=clock, sleep=clock.sleep,
+                         requests_per_minute=3) as limited:
+        limited.get("/repair-orders", {"shop": SHOP})  # the token and one list
+        limited.get("/repair-orders", {"shop": SHOP})
+        with pytest.raises(CrmRateLimited) as caught:
+            limited.get("/repair-orders", {"shop": SHOP})
+    assert caught.value.status is None and caught.value.retry_after == 60.0
+    assert tm.request_counts()["total"] == 3 and tm.request_counts()["rate_limited"] == 0
 
 
 def test_backoff_is_capped_at_60_seconds(tm, client, clock):

@@ -5,7 +5,9 @@
   and fetched again only after a 401 — once per request; a second 401 is CrmUnauthorized.
   The answer's `scope` lists the shop ids the app may read.
 - Budget: 600 requests a minute for the whole app, all shops together; over it Tekmetric
-  answers 429 with an empty body. A 429 holds *every* request of this client back for
+  answers 429 with an empty body. Requests pass a sliding-window limiter first (570 a
+  minute by default, limiter.py), so a burst waits or is refused here instead of there.
+  A 429 all the same holds *every* request of this client back for
   `min(2^n s + up to 1 s jitter, 60 s)` (n = 429s in a row), or the Retry-After if one is
   ever sent: the callers get CrmRateLimited at once instead of a storm of 429s.
 - Lists are Spring pages: `content`, `last`, `totalPages`; at most 100 rows a page.
@@ -25,6 +27,8 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, safe_per_minute
+from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm_errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 
 API = "/api/v1"
@@ -39,9 +43,15 @@ class TekmetricClient:
     def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout: float = 10.0,
                  max_attempts: int = 3, http: httpx.Client | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random, limiter: SlidingWindowLimiter | None = None,
+                 requests_per_minute: int | None = safe_per_minute(BUDGET_PER_MINUTE)) -> None:
+        """`limiter`: one shared with other clients of the same app; else one of this
+        client's own at `requests_per_minute` (None: no limiter)."""
         if not client_id or not client_secret:
             raise ValueError("a Tekmetric partner app needs a client id and a client secret")
+        if limiter is None and requests_per_minute is not None:
+            limiter = SlidingWindowLimiter(requests_per_minute, clock=clock, sleep=sleep)
+        self.limiter = limiter
         self._base = base_url.rstrip("/")
         self._auth = (client_id, client_secret)
         self._http = http or httpx.Client(timeout=timeout)
@@ -128,6 +138,8 @@ class TekmetricClient:
 
     def _send(self, method: str, path: str, deadline: float | None, **kwargs) -> httpx.Response:
         self._hold_back()
+        if self.limiter is not None:
+            self.limiter.acquire(deadline)
         timeout = self._timeout
         if deadline is not None:
             timeout = min(timeout, deadline - self._clock())
