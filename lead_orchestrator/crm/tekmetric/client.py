@@ -11,7 +11,7 @@
   `min(2^n s + up to 1 s jitter, 60 s)` (n = 429s in a row), or the Retry-After if one is
   ever sent: the callers get CrmRateLimited at once instead of a storm of 429s.
 - Lists are Spring pages: `content`, `last`, `totalPages`; at most 100 rows a page.
-- 502/503/504 and connection errors are retried a few times within the caller's deadline;
+- 5xx answers and connection errors are retried a few times within the caller's deadline;
   403 (`{"type": "ERROR", "message": "Access Denied"}`, a shop outside the token's scope)
   is CrmUnauthorized, 404 CrmNotFound.
 
