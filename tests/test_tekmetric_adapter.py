@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import pathlib
 import re
+import threading
 
 import httpx
 import pytest
@@ -433,6 +434,37 @@ def test_a_list_that_shrinks_while_paged_withholds_the_watermark(standins, tm):
     # watermark stays where it was and the next scan reads the window again.
     assert str(made[100]["id"]) not in {e.id for e in scan.estimates}
     assert scan.read_below is None
+
+
+def test_an_unreadable_row_is_skipped_not_a_blocked_watermark(tm, client):
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    broken, fine = (tm.create_order(SHOP, emit_webhook=False)["order"] for _ in range(2))
+    tm.update_order(broken["id"], {"createdDate": "last Tuesday"}, emit_webhook=False)
+    scan = TekmetricAdapter(client, SHOP).changes_since(since)
+    assert scan.complete and [e.id for e in scan.estimates] == [str(fine["id"])]
+    assert len(scan.malformed) == 1 and str(broken["id"]) in scan.malformed[0]
+    assert scan.read_below == scan.estimates[0].updated_at
+
+
+def test_each_scan_counts_its_own_requests_on_a_shared_client(standins, tm):
+    other_done = threading.Event()
+
+    def hold_first_scan(response: httpx.Response) -> None:
+        if threading.current_thread().name == "scan-a" and not other_done.is_set():
+            other_done.wait(10)  # scan B runs entirely inside scan A
+
+    http = httpx.Client(event_hooks={"response": [hold_first_scan]}, trust_env=False, timeout=20)
+    with TekmetricClient(standins.tekmetric_url, APP, SECRET, http=http) as shared:
+        shared.scope()  # the token first, so that neither scan pays for it
+        results = {}
+        first = threading.Thread(target=lambda: results.update(a=TekmetricAdapter(shared, SHOP).changes_since(
+            dt.datetime.now(dt.timezone.utc))), name="scan-a")
+        first.start()
+        results["b"] = TekmetricAdapter(shared, OTHER).changes_since(dt.datetime.now(dt.timezone.utc))
+        other_done.set()
+        first.join(20)
+    http.close()
+    assert (results["a"].requests, results["b"].requests, shared.requests_made) == (2, 2, 5)
 
 
 def test_429_is_rate_limited_and_holds_every_request_back(tm, client, clock):

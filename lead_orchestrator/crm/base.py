@@ -220,6 +220,7 @@ class ChangeScan:
     # when the scan can vouch for nothing beyond the one it started from.
     read_below: dt.datetime | None
     error: CrmError | None = None  # set when the scan stopped early (what it read is kept)
+    malformed: tuple[str, ...] = ()  # rows skipped because they could not be read, with why
 
     @property
     def complete(self) -> bool:

@@ -57,33 +57,42 @@ class TekmetricAdapter:
         failed, and when the list shrank while it was paged (an order left it, so every
         order behind it moved forward one place and one may have been skipped): the next
         scan reads the same window again."""
-        before = self.client.requests_made
+        before = self.client.requests_sent_by_this_thread()
         found: dict[tuple[str, dt.datetime], Estimate] = {}
+        malformed: list[str] = []
         newest: dt.datetime | None = None
         stable = True
         error: CrmError | None = None
         try:
-            stable = self._scan({"updatedDateStart": utc_iso(since)}, since, found, deadline)
+            stable = self._scan({"updatedDateStart": utc_iso(since)}, since, found, malformed, deadline)
             stamps = [e.updated_at for e in found.values() if e.deleted_at is None]
             newest = max(stamps) if stamps else None
-            self._scan({"deletedDateStart": utc_iso(since)}, since, found, deadline)
+            self._scan({"deletedDateStart": utc_iso(since)}, since, found, malformed, deadline)
         except CrmError as exc:
             if not found:
                 raise
             error = exc
         rows = tuple(sorted(found.values(), key=lambda e: (e.updated_at, e.id)))
         read_below = newest if error is None and stable else None
-        return ChangeScan(rows, self.client.requests_made - before, read_below, error)
+        return ChangeScan(rows, self.client.requests_sent_by_this_thread() - before, read_below, error,
+                          tuple(malformed))
 
-    def _scan(self, window: dict[str, str], since: dt.datetime, found: dict, deadline: float | None) -> bool:
-        """Reads every page into `found`; False when the list shrank while it was read."""
+    def _scan(self, window: dict[str, str], since: dt.datetime, found: dict, malformed: list[str],
+              deadline: float | None) -> bool:
+        """Reads every page into `found`; False when the list shrank while it was read.
+        A row that cannot be read is skipped with its reason in `malformed`: it cannot be
+        acted on, and it must not hold the watermark back for every other order."""
         totals: list[int] = []
         params = {"shop": self.shop_id, **window, **LIST_ORDER}
         for page in self.client.pages("/repair-orders", params, deadline=deadline):
             if isinstance(page.get("totalElements"), int):
                 totals.append(page["totalElements"])
             for row in page["content"]:
-                estimate = parse_repair_order(row)
+                try:
+                    estimate = parse_repair_order(row)
+                except CrmError as exc:
+                    malformed.append(str(exc))
+                    continue
                 # The API is not trusted to have filtered: our own window and shop check.
                 if estimate.updated_at >= since and estimate.shop_ref == self.shop_id:
                     found.setdefault((estimate.id, estimate.updated_at), estimate)

@@ -66,6 +66,7 @@ class TekmetricClient:
         self._held_until = 0.0  # clock() value before which no request is sent (after a 429)
         self._limited_in_a_row = 0
         self.requests_made = 0  # HTTP requests sent, token requests included
+        self._thread_counts = threading.local()  # the same, per thread: one scan's own cost
         self.tokens_acquired = 0
         self.rate_limited = 0  # 429 answers received
 
@@ -119,6 +120,11 @@ class TekmetricClient:
                 return  # no way to tell where the list ends: one page is all we trust
             page += 1
 
+    def requests_sent_by_this_thread(self) -> int:
+        """Requests this thread has sent through the client: what one scan cost, even
+        while other threads use the same client."""
+        return getattr(self._thread_counts, "sent", 0)
+
     # --- one request --------------------------------------------------------------
     def _get_once(self, path: str, params: Json | None, deadline: float | None) -> Any:
         token = self._bearer(deadline)
@@ -147,6 +153,7 @@ class TekmetricClient:
                 raise CrmUnavailable(f"Tekmetric {path}: time budget exhausted")
         with self._state_lock:
             self.requests_made += 1
+        self._thread_counts.sent = self.requests_sent_by_this_thread() + 1
         try:
             response = self._http.request(method, self._base + API + path, timeout=timeout, **kwargs)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
