@@ -1,4 +1,4 @@
-"""Run the three stand-ins as real HTTP servers in one background thread and event loop."""
+"""Run the stand-ins as real HTTP servers in one background thread and event loop."""
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +9,14 @@ import time
 
 import uvicorn
 
-from standins import sendgrid, shopmonkey, twilio
+from standins import sendgrid, shopmonkey, tekmetric, twilio
 from standins.sendgrid_state import SendGridState
 from standins.shopmonkey_state import ShopMonkeyState
+from standins.tekmetric_state import TekmetricState
 from standins.twilio_state import TwilioState
 
 DEFAULT_PORTS = {"shopmonkey": 8701, "twilio": 8702, "sendgrid": 8703}
+TEKMETRIC_PORT = 8704  # `python -m standins --tekmetric-port` starts it; it is not in DEFAULT_PORTS
 
 
 class _BackgroundServer(uvicorn.Server):
@@ -42,7 +44,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class StandinServers:
-    """ShopMonkey, Twilio and SendGrid stand-ins on `host`; port 0 picks a free port.
+    """ShopMonkey, Twilio, SendGrid and Tekmetric stand-ins on `host`; port 0 picks a free
+    port; `tekmetric_port=None` leaves Tekmetric out.
 
     with StandinServers() as s:
         s.twilio_url, s.twilio.messages.items(), ...
@@ -51,15 +54,20 @@ class StandinServers:
     def __init__(self, host: str = "127.0.0.1", shopmonkey_port: int = 0, twilio_port: int = 0,
                  sendgrid_port: int = 0, *, shopmonkey: ShopMonkeyState | None = None,
                  twilio: TwilioState | None = None, sendgrid: SendGridState | None = None,
-                 log_level: str = "warning", access_log: bool = False) -> None:
+                 log_level: str = "warning", access_log: bool = False, tekmetric_port: int | None = 0,
+                 tekmetric: TekmetricState | None = None) -> None:
         self.host = host
         self.shopmonkey = shopmonkey or ShopMonkeyState()
         self.twilio = twilio or TwilioState()
         self.sendgrid = sendgrid or SendGridState()
+        self.tekmetric = tekmetric or TekmetricState()
         # States passed in belong to the caller (who closes them); ours are closed by stop().
         self._owned = [mine for mine, given in ((self.shopmonkey, shopmonkey), (self.twilio, twilio),
-                                                (self.sendgrid, sendgrid)) if given is None]
+                                                (self.sendgrid, sendgrid), (self.tekmetric, tekmetric))
+                       if given is None]
         self._ports = {"shopmonkey": shopmonkey_port, "twilio": twilio_port, "sendgrid": sendgrid_port}
+        if tekmetric_port is not None:
+            self._ports["tekmetric"] = tekmetric_port
         self._log_level = log_level
         self._access_log = access_log
         self._sockets: dict[str, socket.socket] = {}
@@ -88,6 +96,10 @@ class StandinServers:
     def sendgrid_url(self) -> str:
         return self.url("sendgrid")
 
+    @property
+    def tekmetric_url(self) -> str:
+        return self.url("tekmetric")
+
     # ----- lifecycle -----
     def start(self, timeout: float = 10.0) -> "StandinServers":
         if self._thread is not None:
@@ -97,6 +109,8 @@ class StandinServers:
             "twilio": twilio.create_app(self.twilio),
             "sendgrid": sendgrid.create_app(self.sendgrid),
         }
+        if "tekmetric" in self._ports:
+            apps["tekmetric"] = tekmetric.create_app(self.tekmetric)
         try:
             # Bound here, in the caller's thread: a busy port fails start() at once.
             for name, port in self._ports.items():

@@ -1,0 +1,112 @@
+"""One Tekmetric shop behind the CRM port (`lead_orchestrator.crm.base.CrmAdapter`).
+
+The partner app's client (token, budget hold-back) is shared by all of the app's shops;
+an adapter adds the shop id and the shop's webhook URL token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Callable, Mapping
+
+from lead_orchestrator.crm.base import ChangeHint, ChangeScan, Estimate, InvalidWebhook, utc_iso
+from lead_orchestrator.crm.tekmetric.client import TekmetricClient
+from lead_orchestrator.crm.tekmetric.mapping import CRM, parse_customer, parse_repair_order, parse_vehicle
+from lead_orchestrator.crm.tekmetric.webhooks import parse_webhook, token_matches
+from lead_orchestrator.crm_errors import CrmError, CrmNotFound
+
+# Offset paging is only safe on a stable order: `createdDate` never changes, so an order
+# edited while we page stays where it was (Tekmetric cannot sort by updatedDate).
+LIST_ORDER = {"sort": "createdDate", "sortDirection": "ASC"}
+
+
+class TekmetricAdapter:
+    crm = CRM
+
+    def __init__(self, client: TekmetricClient, shop_id: str | int, webhook_token: str | None = None) -> None:
+        if str(shop_id).strip() in ("", "0"):
+            raise ValueError("a Tekmetric shop id is required")
+        self.client = client
+        self.shop_id = str(shop_id)
+        self._webhook_token = webhook_token
+
+    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None) -> Estimate:
+        order = self.client.get(f"/repair-orders/{_path_id(estimate_id)}", deadline=deadline)
+        estimate = parse_repair_order(order)
+        if estimate.shop_ref != self.shop_id:
+            # One partner app reads many shops: an order of another shop (or one that does
+            # not say whose it is) must never become this shop's lead.
+            raise CrmNotFound(f"Tekmetric repair order {estimate_id} is not shop {self.shop_id}'s", 404)
+        customer = self._optional(f"/customers/{estimate.customer_id}", parse_customer, estimate.customer_id, deadline)
+        vehicle = self._optional(f"/vehicles/{estimate.vehicle_id}", parse_vehicle, estimate.vehicle_id, deadline)
+        return dataclasses.replace(estimate, customer=customer, vehicle=vehicle)
+
+    def _optional(self, path: str, parse: Callable, ref: str | None, deadline: float | None):
+        if ref is None:
+            return None
+        try:
+            return parse(self.client.get(path, deadline=deadline))
+        except CrmNotFound:
+            return None  # removed since: the estimate is still answered for what it has
+
+    def changes_since(self, since: dt.datetime, *, deadline: float | None = None) -> ChangeScan:
+        """Two queries, because of Tekmetric's trap: `updatedDateStart` combined with
+        `deletedDateStart` returns *only* deleted orders, so deletions are asked for on
+        their own. The next watermark (`read_below`) is the newest `updatedDate` the first
+        query returned; the deletions never move it. It is withheld (None) when a query
+        failed, and when the list shrank while it was paged (an order left it, so every
+        order behind it moved forward one place and one may have been skipped): the next
+        scan reads the same window again."""
+        before = self.client.requests_sent_by_this_thread()
+        found: dict[tuple[str, dt.datetime], Estimate] = {}
+        malformed: list[str] = []
+        newest: dt.datetime | None = None
+        stable = True
+        error: CrmError | None = None
+        try:
+            stable = self._scan({"updatedDateStart": utc_iso(since)}, since, found, malformed, deadline)
+            stamps = [e.updated_at for e in found.values() if e.deleted_at is None]
+            newest = max(stamps) if stamps else None
+            self._scan({"deletedDateStart": utc_iso(since)}, since, found, malformed, deadline)
+        except CrmError as exc:
+            if not found:
+                raise
+            error = exc
+        rows = tuple(sorted(found.values(), key=lambda e: (e.updated_at, e.id)))
+        read_below = newest if error is None and stable else None
+        return ChangeScan(rows, self.client.requests_sent_by_this_thread() - before, read_below, error,
+                          tuple(malformed))
+
+    def _scan(self, window: dict[str, str], since: dt.datetime, found: dict, malformed: list[str],
+              deadline: float | None) -> bool:
+        """Reads every page into `found`; False when the list shrank while it was read.
+        A row that cannot be read is skipped with its reason in `malformed`: it cannot be
+        acted on, and it must not hold the watermark back for every other order."""
+        totals: list[int] = []
+        params = {"shop": self.shop_id, **window, **LIST_ORDER}
+        for page in self.client.pages("/repair-orders", params, deadline=deadline):
+            if isinstance(page.get("totalElements"), int):
+                totals.append(page["totalElements"])
+            for row in page["content"]:
+                try:
+                    estimate = parse_repair_order(row)
+                except CrmError as exc:
+                    malformed.append(str(exc))
+                    continue
+                # The API is not trusted to have filtered: our own window and shop check.
+                if estimate.updated_at >= since and estimate.shop_ref == self.shop_id:
+                    found.setdefault((estimate.id, estimate.updated_at), estimate)
+        return all(later >= totals[0] for later in totals[1:])
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str], *, url_token: str | None) -> ChangeHint | None:
+        if not token_matches(url_token, self._webhook_token):
+            raise InvalidWebhook("Tekmetric webhook: wrong or missing URL token", 401)
+        return parse_webhook(body, shop_id=self.shop_id)
+
+
+def _path_id(estimate_id: str) -> str:
+    """Tekmetric ids are numbers; anything else would change the path we ask for."""
+    value = str(estimate_id).strip()
+    if not value.isdigit():
+        raise CrmNotFound(f"Tekmetric repair order {estimate_id!r}: not a Tekmetric id", 404)
+    return value
