@@ -8,7 +8,7 @@ from lead_orchestrator.ingest import claim_events, process_claimed_events
 from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.touch_runner import send_due_touches
 from orchestrator_dagster.history import LeadsHistory
-from orchestrator_dagster.partitions import touchpoint_windows
+from orchestrator_dagster.touchpoint_windows import touchpoint_windows
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.shop_selection import named_tenant_ids
 

@@ -10,7 +10,7 @@ import datetime as dt
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, schedule
 
 from orchestrator_dagster.jobs import touchpoints_job
-from orchestrator_dagster.partitions import touchpoint_windows
+from orchestrator_dagster.touchpoint_windows import touchpoint_windows
 
 TICK_MINUTES = 4  # divides 60, so ticks fall on the same minutes every hour
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from orchestrator_dagster.partitions import START_FILE, hourly_windows, touchpoints_start_date
+from orchestrator_dagster.touchpoint_windows import START_FILE, hourly_windows, touchpoints_start_date
 
 TODAY = dt.date(2026, 12, 1)
 

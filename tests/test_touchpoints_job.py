@@ -8,7 +8,7 @@ import datetime as dt
 from dagster import DagsterRunStatus, RunsFilter, build_schedule_context
 
 from orchestrator_dagster.definitions import defs
-from orchestrator_dagster.partitions import hourly_windows, touchpoint_windows
+from orchestrator_dagster.touchpoint_windows import hourly_windows, touchpoint_windows
 from orchestrator_dagster.schedules import touchpoints_schedule, window_for_tick
 from tests.conftest import emails_to, sms_to
 from tests.touchpoint_support import UTC, insert_lead, touches_of, unique_email, unique_phone
