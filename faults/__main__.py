@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the faults and exit")
     parser.add_argument("--short", action="store_true", help="scale the long faults down (5 min -> 60 s) for quick runs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress stays on stderr)")
+    parser.add_argument("--save", metavar="PATH", help="also write the JSON report to PATH")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault proxies and hostile requests")
     parser.add_argument("--recover-timeout", type=float, default=None,
                         help="seconds to wait for the backlog after a fault (default 360, 150 with --short)")
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
     info = meta(args.short, args.seed)
     print(json_report(results, info) if args.json else text_report(results, info))
+    if args.save:
+        Path(args.save).write_text(json_report(results, info) + "\n")
     return 0 if results and all(r.passed for r in results) else 1
 
 
