@@ -41,8 +41,9 @@ def machine() -> str:
             f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
 
 
-def start_database() -> tuple[EmbeddedPostgres, str]:
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="lead-bench-")) / "pg").start()
+def start_database(directory: Path | None = None) -> tuple[EmbeddedPostgres, str]:
+    """A migrated embedded PostgreSQL in `directory` (a new temporary one by default)."""
+    server = EmbeddedPostgres(directory or Path(tempfile.mkdtemp(prefix="lead-bench-")) / "pg").start()
     url = server.url()
     apply_migrations(url)
     return server, url

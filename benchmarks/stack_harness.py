@@ -3,10 +3,12 @@ private embedded PostgreSQL and in-process stand-ins, for benchmarks."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import psutil
@@ -22,14 +24,31 @@ class Stack:
     shops: int = 1
     processes: tuple[str, ...] = ("receiver", "dispatcher", "daemon")
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lead-bench-stack-")))
+    # For harnesses that need more control (the fault suite): where ports come from, fixed
+    # stand-in ports (0: any free port), environment overrides (e.g. a vendor's URL
+    # pointing at a proxy in front of its stand-in) and the shops' name prefix.
+    port: Callable[[], int] = free_port
+    standin_ports: dict[str, int] = field(default_factory=dict)
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    shop_prefix: str = "bench"
 
     def __enter__(self) -> "Stack":
-        self.pg, self.url = start_database()
-        self.standins = StandinServers().start()
-        self.receiver_port = free_port()
+        self.prepare()
+        for name in self.processes:
+            self.spawn_process(name)
+        for name in self.processes:
+            self.wait_ready(name)
+        say(f"stack up: {', '.join(self.procs)} (logs in {self.workdir / 'logs'})")
+        return self
+
+    def prepare(self) -> "Stack":
+        """Database, stand-ins, shops and the processes' environment; no process yet."""
+        self.pg, self.url = start_database(self.workdir / "pg")
+        self.standins = StandinServers(**{f"{name}_port": port for name, port in self.standin_ports.items()}).start()
+        self.receiver_port = self.port()
         self.receiver_url = f"http://127.0.0.1:{self.receiver_port}"
         say(f"creating {self.shops} shops")
-        self.shop_list = make_shops(self.url, self.shops)
+        self.shop_list = make_shops(self.url, self.shops, self.shop_prefix)
         for shop in self.shop_list:
             self.standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value(),
                                               f"{self.receiver_url}/webhooks/shopmonkey/{shop.slug}",
@@ -45,26 +64,33 @@ class Stack:
             "SHOPMONKEY_BASE_URL": self.standins.shopmonkey_url, "TWILIO_API_BASE_URL": self.standins.twilio_url,
             "SENDGRID_API_BASE_URL": self.standins.sendgrid_url, "PUBLIC_BASE_URL": self.receiver_url,
             "APP_SECRET_KEY": "bench-secret", "LEAD_DATA_DIR": str(self.workdir / "data"),
+            **self.env_overrides,
         }
-        self.procs = {}
-        commands = {
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.commands = {
             "receiver": [venv_bin("uvicorn"), "webhook_receiver.main:create_app", "--factory", "--host", "127.0.0.1",
                          "--port", str(self.receiver_port), "--no-access-log", "--log-level", "warning"],
             "dispatcher": [venv_bin("lead-orchestrator"), "dispatcher"],
             "daemon": [venv_bin("dagster-daemon"), "run", "-w", "workspace.yaml"],
             "webserver": [venv_bin("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-                          "-p", str(free_port())],
+                          "-p", str(self.port())],
         }
-        for name in self.processes:
-            self.procs[name] = spawn(commands[name], self.env, self.workdir / "logs" / f"{name}.log")
-        if "receiver" in self.procs:
-            wait_for(self._receiver_ready, timeout=60, interval=0.2, message="receiver /readyz")
-        if "daemon" in self.procs:
-            log = self.workdir / "logs" / "daemon.log"
-            wait_for(lambda: "inbox_sensor" in log.read_text(errors="replace"), timeout=120, interval=0.5,
-                     message="the daemon's first sensor tick")
-        say(f"stack up: {', '.join(self.procs)} (logs in {self.workdir / 'logs'})")
         return self
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def spawn_process(self, name: str) -> subprocess.Popen:
+        self.procs[name] = spawn(self.commands[name], self.env, self.log_path(name))
+        return self.procs[name]
+
+    def wait_ready(self, name: str, timeout: float | None = None) -> None:
+        if name == "receiver":
+            wait_for(self._receiver_ready, timeout=timeout or 60, interval=0.2, message="receiver /readyz")
+        elif name == "daemon":
+            log = self.log_path("daemon")
+            wait_for(lambda: "inbox_sensor" in log.read_text(errors="replace"), timeout=timeout or 120,
+                     interval=0.5, message="the daemon's first sensor tick")
 
     def _receiver_ready(self) -> bool:
         try:

@@ -77,6 +77,7 @@ def _api_routes(state: ShopMonkeyState) -> APIRouter:
         limit = _int_param(request, "limit", PAGE_MAX)
         limit = PAGE_MAX if limit <= 0 else min(limit, PAGE_MAX)  # silently capped
         skip = max(0, _int_param(request, "skip", 0))  # offset/page are not read at all
+        state.list_requested(shop.api_key)  # an order may move between two pages (tests' hook)
         rows = sort_rows([o for o in state.rows(shop, "order") if matches(o, where)], orderby)
         page = rows[skip: skip + limit]
         return {"success": True, "data": page, "meta": {"total": len(rows), "hasMore": skip + len(page) < len(rows)}}
@@ -134,6 +135,15 @@ class FailuresIn(BaseModel):
 class RateLimitIn(BaseModel):
     requests: int | None
     window_seconds: float = 1.0
+    api_key: str | None = None  # this key only
+
+
+class PageEditIn(BaseModel):
+    api_key: str
+    order_id: str
+    fields: dict
+    after_pages: int = Field(1, ge=1)
+    emit_webhook: bool = False
 
 
 class WebhookIn(BaseModel):
@@ -170,6 +180,11 @@ def _control_routes(state: ShopMonkeyState) -> APIRouter:
         known(state.revoke_key, api_key)
         return {"revoked": api_key}
 
+    @r.post("/shops/{api_key}/restore")
+    def restore(api_key: str) -> dict:
+        known(state.restore_key, api_key)
+        return {"restored": api_key}
+
     @r.post("/orders")
     def create_order(o: OrderIn) -> dict:
         return _with_delivery(known(state.create_order, o.api_key, order=o.order, customer=o.customer,
@@ -196,8 +211,19 @@ def _control_routes(state: ShopMonkeyState) -> APIRouter:
 
     @r.post("/rate-limit")
     def rate_limit(rl: RateLimitIn) -> dict:
-        state.set_rate_limit(rl.requests, rl.window_seconds)
+        state.set_rate_limit(rl.requests, rl.window_seconds, api_key=rl.api_key)
         return rl.model_dump()
+
+    @r.post("/page-edits")
+    def page_edit(e: PageEditIn) -> dict:
+        known(state.edit_between_pages, e.api_key, e.order_id, e.fields, after_pages=e.after_pages,
+              emit_webhook=e.emit_webhook)
+        return e.model_dump()
+
+    @r.get("/page-edits")
+    def page_edits() -> list[dict]:
+        return [{"api_key": e.api_key, "order_id": e.order_id, "after_pages": e.after_pages,
+                 "fired": e.fired_at is not None} for e in state.page_edits]
 
     @r.get("/requests")
     def request_counts() -> dict:

@@ -59,6 +59,20 @@ class Injected:
     api_key: str | None  # None: any request
 
 
+@dataclass
+class PageEdit:
+    """An order edited while a client pages through a list: after `after_pages` list
+    requests of the key, before the next one is answered (the paging trap)."""
+
+    api_key: str
+    order_id: str
+    fields: dict
+    after_pages: int
+    emit_webhook: bool = False
+    seen_pages: int = 0
+    fired_at: float | None = None  # time.monotonic() when applied
+
+
 class ShopMonkeyState:
     def __init__(self) -> None:
         self.shops: dict[str, Shop] = {}
@@ -78,7 +92,9 @@ class ShopMonkeyState:
             self._order_shop: dict[str, str] = {}
             self._injected: collections.deque[Injected] = collections.deque()
             self._rate_limit: tuple[int, float] | None = None
+            self._key_limits: dict[str, tuple[int, float]] = {}
             self._hits: dict[str, collections.deque[float]] = {}
+            self.page_edits: list[PageEdit] = []
             self.reset_request_counts()
         self.deliveries.clear()
 
@@ -110,7 +126,7 @@ class ShopMonkeyState:
             self._shop(api_key).revoked = True
 
     def restore_key(self, api_key: str) -> None:
-        """Undo revoke_key: the shop fixed its key (same value, accepted again)."""
+        """The revoked key works again (the shop fixed it on ShopMonkey's side)."""
         with self._lock:
             self._shop(api_key).revoked = False
 
@@ -121,11 +137,48 @@ class ShopMonkeyState:
         with self._lock:
             self._injected.extend(Injected(status, hang_seconds, api_key) for _ in range(count))
 
-    def set_rate_limit(self, requests: int | None, window_seconds: float = 1.0) -> None:
-        """At most `requests` API calls per key in any `window_seconds`; None lifts the limit."""
+    def set_rate_limit(self, requests: int | None, window_seconds: float = 1.0, *,
+                       api_key: str | None = None) -> None:
+        """At most `requests` API calls per key in any `window_seconds`; None lifts the limit.
+        With `api_key`, the limit applies to that key only (and replaces the general one for it)."""
         with self._lock:
-            self._rate_limit = (requests, window_seconds) if requests else None
-            self._hits.clear()
+            if api_key is None:
+                self._rate_limit = (requests, window_seconds) if requests else None
+                self._hits.clear()
+            else:
+                if requests:
+                    self._key_limits[api_key] = (requests, window_seconds)
+                else:
+                    self._key_limits.pop(api_key, None)
+                self._hits.pop(api_key, None)
+
+    def edit_between_pages(self, api_key: str, order_id: str, fields: dict, *, after_pages: int = 1,
+                           emit_webhook: bool = False) -> PageEdit:
+        """Edit the order after the key's next `after_pages` list requests, before the one
+        after them is answered: a row moves while a client pages through the list."""
+        if after_pages < 1:
+            raise ValueError("after_pages is at least 1")
+        with self._lock:
+            self._shop(api_key)
+            if self._order_shop.get(order_id) != api_key:
+                raise KeyError(f"order {order_id!r} does not belong to that key")
+            edit = PageEdit(api_key, order_id, dict(fields), after_pages, emit_webhook)
+            self.page_edits.append(edit)
+            return edit
+
+    def list_requested(self, api_key: str) -> None:
+        """Called by the list route before it reads the rows: applies the edits now due."""
+        due = []
+        with self._lock:
+            for edit in self.page_edits:
+                if edit.api_key == api_key and edit.fired_at is None:
+                    if edit.seen_pages >= edit.after_pages:
+                        edit.fired_at = time.monotonic()
+                        due.append(edit)
+                    else:
+                        edit.seen_pages += 1
+        for edit in due:
+            self.update_order(edit.order_id, edit.fields, emit_webhook=edit.emit_webhook)
 
     def request_counts(self) -> dict:
         with self._lock:
@@ -241,9 +294,10 @@ class ShopMonkeyState:
             return shop
 
     def _check_rate(self, api_key: str) -> None:
-        if self._rate_limit is None:
+        rule = self._key_limits.get(api_key, self._rate_limit)
+        if rule is None:
             return
-        limit, window = self._rate_limit
+        limit, window = rule
         now = time.monotonic()
         hits = self._hits.setdefault(api_key, collections.deque())
         while hits and hits[0] <= now - window:

@@ -123,6 +123,47 @@ def test_rate_limit_answers_429_with_retry_after(servers, sm):
     assert other.status_code == 200  # limits are per key
 
 
+def test_a_revoked_key_can_be_restored_over_http(servers, sm):
+    base = servers.shopmonkey_url
+    assert httpx.post(f"{base}/_standin/shops/{KEY}/revoke").status_code == 200
+    assert sm.get("/v3/workflow_status").status_code == 401
+    assert httpx.post(f"{base}/_standin/shops/{KEY}/restore").json() == {"restored": KEY}
+    assert sm.get("/v3/workflow_status").status_code == 200
+    assert httpx.post(f"{base}/_standin/shops/unknown/restore").status_code == 404
+
+
+def test_a_rate_limit_for_one_key_leaves_the_others_alone(servers, sm):
+    limited = httpx.post(f"{servers.shopmonkey_url}/_standin/rate-limit",
+                         json={"requests": 2, "window_seconds": 30, "api_key": KEY})
+    assert limited.status_code == 200
+    assert [sm.get("/v3/workflow_status").status_code for _ in range(3)] == [200, 200, 429]
+    other = {"Authorization": f"Bearer {OTHER}"}
+    assert [sm.get("/v3/workflow_status", headers=other).status_code for _ in range(5)] == [200] * 5
+    servers.shopmonkey.set_rate_limit(None, api_key=KEY)
+    assert sm.get("/v3/workflow_status").status_code == 200
+
+
+def test_an_order_edited_between_two_pages_slips_past_offset_paging(servers, sm):
+    orders = make_orders(servers, 150)
+    first = orders[0]["id"]
+    armed = httpx.post(f"{servers.shopmonkey_url}/_standin/page-edits",
+                       json={"api_key": KEY, "order_id": first, "fields": {"complaint": "moved"}})
+    assert armed.status_code == 200
+    asc = {"updatedDate": "asc"}
+    page1 = list_orders(sm, orderby=asc, limit=100, skip=0)["data"]
+    assert servers.shopmonkey.get_order(first)["complaint"] != "moved"  # not before the second page
+    page2 = list_orders(sm, orderby=asc, limit=100, skip=100)["data"]
+    seen = {o["id"] for o in page1 + page2}
+    # The edited order moved to the end; the row that slid onto page 1 was never returned.
+    assert page2[-1]["id"] == first and page2[-1]["complaint"] == "moved"
+    assert set(o["id"] for o in orders) - seen == {orders[100]["id"]}
+    assert httpx.get(f"{servers.shopmonkey_url}/_standin/page-edits").json()[0]["fired"] is True
+    list_orders(sm, orderby=asc, limit=100, skip=0)  # fires once only
+    assert servers.shopmonkey.get_order(first)["updatedDate"] == page2[-1]["updatedDate"]
+    assert httpx.post(f"{servers.shopmonkey_url}/_standin/page-edits",
+                      json={"api_key": OTHER, "order_id": first, "fields": {}}).status_code == 404
+
+
 def test_injected_failures_and_hangs(servers, sm):
     servers.shopmonkey.inject_failures(1, 503)
     servers.shopmonkey.inject_failures(1, 504)
