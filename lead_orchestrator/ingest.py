@@ -117,10 +117,14 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     due: list[int] = []
     with db.tenant_tx(tenant_id) as conn:
         lead = _upsert_lead(conn, shop, event, order, customer, vehicle, now(), result)
-        _mark_event(conn, event_id, "done", result.outcome)
         if lead is not None and lead["status"] == "active":
             due = due_touch_ids(conn, now(), lead_id=lead["id"])
+        if not due:
+            _mark_event(conn, event_id, "done", result.outcome)
     if due:
+        # The event is done only once its due touches are reserved and recorded: a process
+        # that dies in between leaves it claimed under a dead lease, so it is processed
+        # again at once and sends what is still owed (nothing is owed twice).
         _send_due(db, vendors, shop, lead, due, event, now, result)
     return result
 
@@ -278,14 +282,22 @@ def _close(conn, lead, reason: str, result: EventResult):
 
 
 def _send_due(db, vendors, shop, lead, touch_ids: list[int], event, now, result: EventResult) -> None:
-    def log_latency(conn, outcomes) -> None:
+    marked = False
+
+    def record(conn, outcomes) -> None:
         # In the transaction that records the sends: no extra round trips per lead.
+        nonlocal marked
         result.touches_sent = sum(1 for o in outcomes if o.status == "sent")
         if result.touches_sent and result.outcome == "new_lead":
             result.first_touch_latency_s = round((now() - event["received_at"]).total_seconds(), 3)
             lead_log.record(conn, lead["id"], "first_touch_latency", seconds=result.first_touch_latency_s)
+        _mark_event(conn, event["id"], "done", result.outcome)
+        marked = True
 
-    send_touches(db, shop, touch_ids, vendors, now=now(), on_recorded=log_latency)
+    send_touches(db, shop, touch_ids, vendors, now=now(), on_recorded=record)
+    if not marked:  # nothing was reserved (e.g. a stop rule declined every touch)
+        with db.tenant_tx(shop.id) as conn:
+            _mark_event(conn, event["id"], "done", result.outcome)
 
 
 def _mark_event(conn, event_id: int, status: str, outcome: str | None, error: str | None = None) -> None:
