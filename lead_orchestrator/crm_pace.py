@@ -7,9 +7,10 @@ spacing. A caller reserves a slot in one statement (the row lock orders concurre
 callers) and sleeps until it; a slot further away than `max_wait` is not taken — the
 caller gets `CrmRateLimited` and gives its event back to the queue, so no worker sits
 idle on one busy shop while others wait. A 429 doubles the spacing and pushes the next
-slot past the CRM's Retry-After; each granted slot shrinks the spacing by 1 % back
-towards the shop's base rate. So a shop's calls settle just under whatever limit its CRM
-enforces, published or not. A caller whose slot was granted before a 429 arrived asks
+slot past the CRM's Retry-After; each granted slot shrinks the spacing back towards
+the shop's base rate (by 1 % in the 10 s after a 429, by 10 % after that). So a shop's
+calls settle just under whatever limit its CRM enforces, published or not, and a lifted
+limit is forgotten within seconds. A caller whose slot was granted before a 429 arrived asks
 again after its wait instead of walking into the same limit.
 """
 from __future__ import annotations
@@ -21,7 +22,10 @@ from lead_orchestrator.crm_errors import CrmRateLimited
 
 DEFAULT_REQUESTS_PER_SECOND = 10.0  # ShopMonkey publishes no limit; ~100 quick calls pass
 MAX_INTERVAL_MS = 5000.0
-RECOVERY = 0.99  # each granted slot brings the spacing 1 % back towards the base rate
+# Each granted slot brings the spacing back towards the base rate: gently (1 %) in the
+# 10 s after a 429, then briskly (10 %), so a lifted limit is forgotten within seconds.
+RECOVERY_AFTER_429, RECOVERY = 0.99, 0.90
+QUIET_AFTER_429_S = 10
 
 # One round trip per request: take the next slot if it is within `max_wait`, else leave
 # the row as it is and say how far off the next slot is.
@@ -31,10 +35,15 @@ _RESERVE = """
     ON CONFLICT (tenant_id) DO UPDATE SET
         granted = p.next_slot <= now() + %(max_wait)s * interval '1 second',
         interval_ms = CASE WHEN p.next_slot <= now() + %(max_wait)s * interval '1 second'
-                           THEN greatest(%(base)s, p.interval_ms * %(recovery)s) ELSE p.interval_ms END,
+                           THEN greatest(%(base)s, p.interval_ms * CASE
+                                WHEN p.limited_at > now() - %(quiet)s * interval '1 second'
+                                THEN %(slow)s ELSE %(fast)s END)
+                           ELSE p.interval_ms END,
         next_slot = CASE WHEN p.next_slot <= now() + %(max_wait)s * interval '1 second'
                          THEN greatest(p.next_slot, now())
-                              + greatest(%(base)s, p.interval_ms * %(recovery)s) * interval '1 millisecond'
+                              + greatest(%(base)s, p.interval_ms * CASE
+                                    WHEN p.limited_at > now() - %(quiet)s * interval '1 second'
+                                    THEN %(slow)s ELSE %(fast)s END) * interval '1 millisecond'
                          ELSE p.next_slot END
     RETURNING granted, now() AS asked_at,
               extract(epoch FROM next_slot - interval_ms * interval '1 millisecond' - now())::float AS wait_s,
@@ -72,7 +81,8 @@ class CrmPacer:
         while True:
             with self.db.tenant_tx(self.tenant_id) as conn:
                 row = conn.execute(_RESERVE, {"base": self.base_interval_ms, "max_wait": self.max_wait_s,
-                                              "recovery": RECOVERY}).fetchone()
+                                              "slow": RECOVERY_AFTER_429, "fast": RECOVERY,
+                                              "quiet": QUIET_AFTER_429_S}).fetchone()
             if not row["granted"]:
                 raise CrmRateLimited("paced: this shop's CRM budget is spent for now",
                                      retry_after=row["until_next_s"])
