@@ -74,6 +74,8 @@ def test_passes_requests_through_on_one_kept_alive_connection(proxy):
     assert [a.text for a in answers] == [f"ok:n{i}" for i in range(20)]
     assert chunked.text == "accepted"
     assert Vendor.seen == [f"n{i}" for i in range(20)] + ["c"]
+    # The proxy counts an answer once it has written it, a moment after the client has it.
+    wait_for(lambda: proxy.counts()["answered"] == 21, timeout=5, message="the 21st answer counted")
     counts = proxy.counts()
     assert counts["connections"] == 1 and counts["requests"] == counts["forwarded"] == counts["answered"] == 21
 
@@ -106,6 +108,8 @@ def test_close_and_timeout_happen_after_the_vendor_did_the_work(proxy):
         conn.getresponse()
     conn.close()
     assert Vendor.seen == ["closed", "timed-out", "after", "stdlib"]
+    wait_for(lambda: proxy.counts()["close"] == 2 and proxy.counts()["answered"] == 1, timeout=5,
+             message="the proxy's counts settled")
     counts = proxy.counts()
     assert counts["close"] == 2 and counts["timeout"] == 1 and counts["forwarded"] == 4 and counts["answered"] == 1
 
