@@ -97,3 +97,26 @@ def add_fault_routes(router: APIRouter, state: FaultsControl) -> None:
     def fail_after_work(c: CountIn) -> dict:
         state.fail_after_work_next(c.count, c.status)
         return {"fail_after_work": c.count, "status": c.status}
+
+
+def add_bookkeeping_routes(router: APIRouter, state) -> None:
+    """GET/DELETE /requests (what the stand-in was asked), GET /deliveries (webhooks it
+    sent) and POST /reset, for a CRM stand-in whose state has those methods."""
+
+    @router.get("/requests")
+    def request_counts() -> dict:
+        return state.request_counts()
+
+    @router.delete("/requests")
+    def reset_request_counts() -> dict:
+        state.reset_request_counts()
+        return state.request_counts()
+
+    @router.get("/deliveries")
+    def deliveries() -> list[dict]:
+        return state.deliveries.items()
+
+    @router.post("/reset")
+    def reset() -> dict:
+        state.reset()
+        return {"reset": True}

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from standins.faults import add_bookkeeping_routes
 from standins.outbox import add_outbox_routes
 from standins.shopmonkey_query import matches, sort_rows
 from standins.shopmonkey_state import Shop, ShopMonkeyError, ShopMonkeyState
@@ -225,23 +226,7 @@ def _control_routes(state: ShopMonkeyState) -> APIRouter:
         return [{"api_key": e.api_key, "order_id": e.order_id, "after_pages": e.after_pages,
                  "fired": e.fired_at is not None} for e in state.page_edits]
 
-    @r.get("/requests")
-    def request_counts() -> dict:
-        return state.request_counts()
-
-    @r.delete("/requests")
-    def reset_request_counts() -> dict:
-        state.reset_request_counts()
-        return state.request_counts()
-
-    @r.get("/deliveries")
-    def deliveries() -> list[dict]:
-        return state.deliveries.items()
-
-    @r.post("/reset")
-    def reset() -> dict:
-        state.reset()
-        return {"reset": True}
+    add_bookkeeping_routes(r, state)  # GET/DELETE /requests, GET /deliveries, POST /reset
 
     return r
 

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from standins.faults import add_fault_routes
+from standins.faults import add_bookkeeping_routes, add_fault_routes
 from standins.outbox import add_outbox_routes
 from standins.tekmetric_query import bad_request, order_query
 from standins.tekmetric_state import App, TekmetricError, TekmetricState, error_body
@@ -261,23 +261,7 @@ def _control_routes(state: TekmetricState) -> APIRouter:
 
     add_fault_routes(r, state)  # POST /throttle {count} (429s), /fail {count, status}
 
-    @r.get("/requests")
-    def request_counts() -> dict:
-        return state.request_counts()
-
-    @r.delete("/requests")
-    def reset_request_counts() -> dict:
-        state.reset_request_counts()
-        return state.request_counts()
-
-    @r.get("/deliveries")
-    def deliveries() -> list[dict]:
-        return state.deliveries.items()
-
-    @r.post("/reset")
-    def reset() -> dict:
-        state.reset()
-        return {"reset": True}
+    add_bookkeeping_routes(r, state)  # GET/DELETE /requests, GET /deliveries, POST /reset
 
     return r
 
