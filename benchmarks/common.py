@@ -19,10 +19,10 @@ import psycopg
 from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 
-from lead_orchestrator.embedded_pg import EmbeddedPostgres
-from lead_orchestrator.migrations import apply_migrations
-from lead_orchestrator.shops import ShopChanges, create_shop
-from lead_orchestrator.stack import stop_process_groups
+from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
+from lead_orchestrator.store.migrations import apply_migrations
+from lead_orchestrator.store.shops import ShopChanges, create_shop
+from lead_orchestrator.runtime.stack import stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,7 @@ LIMIT_SECONDS = 30.0
 
 
 def _create_history(url: str, shops: int, leads_per_shop: int) -> None:
-    from lead_orchestrator.shops import ShopChanges, create_shop
+    from lead_orchestrator.store.shops import ShopChanges, create_shop
 
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         for i in range(shops):
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster import AssetMaterialization, DagsterInstance, build_sensor_context
 
-    from lead_orchestrator.db import Database
-    from lead_orchestrator.embedded_pg import EmbeddedPostgres
-    from lead_orchestrator.ingest import EventResult
-    from lead_orchestrator.migrations import apply_migrations
+    from lead_orchestrator.store.db import Database
+    from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
+    from lead_orchestrator.services.ingest import EventResult
+    from lead_orchestrator.store.migrations import apply_migrations
     from orchestrator_dagster.checks import health_checks_sensor
     from orchestrator_dagster.history import LeadsHistory
     from orchestrator_dagster.reports import shop_report

@@ -37,7 +37,7 @@ def _iso(moment: dt.datetime) -> str:
 
 
 def _create_shops(url: str, standins, count: int, orders_per_shop: int) -> list[str]:
-    from lead_orchestrator.shops import ShopChanges, create_shop
+    from lead_orchestrator.store.shops import ShopChanges, create_shop
 
     yesterday = _iso(dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
     keys = []
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster import DagsterInstance, build_sensor_context
 
-    from lead_orchestrator.embedded_pg import EmbeddedPostgres
-    from lead_orchestrator.migrations import apply_migrations
+    from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
+    from lead_orchestrator.store.migrations import apply_migrations
     from orchestrator_dagster.resources import DatabaseResource, VendorsResource
     from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
     from standins.servers import StandinServers

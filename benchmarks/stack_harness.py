@@ -14,7 +14,7 @@ import httpx
 import psutil
 
 from benchmarks.common import ROOT, make_shops, say, spawn, start_database, stop, venv_bin
-from lead_orchestrator.db import sqlalchemy_psycopg2_url
+from lead_orchestrator.store.db import sqlalchemy_psycopg2_url
 from standins.servers import StandinServers
 from tests.support import free_port, wait_for
 

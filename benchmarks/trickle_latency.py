@@ -20,7 +20,7 @@ import psycopg
 from benchmarks.arrivals import Arrivals
 from benchmarks.common import ROOT, machine, say, spawn, start_database, stop, summary, venv_bin
 from benchmarks.stack_harness import Stack
-from lead_orchestrator.db import sqlalchemy_psycopg2_url
+from lead_orchestrator.store.db import sqlalchemy_psycopg2_url
 from tests.support import wait_for
 
 

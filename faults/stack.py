@@ -19,7 +19,7 @@ from benchmarks.stack_harness import Stack
 from faults.common import say
 from faults.ports import PortRange
 from faults.proxy import FaultProxy
-from lead_orchestrator.stack import stop_process_groups
+from lead_orchestrator.runtime.stack import stop_process_groups
 
 VENDOR_URL_VARS = {"shopmonkey": "SHOPMONKEY_BASE_URL", "twilio": "TWILIO_API_BASE_URL",
                    "sendgrid": "SENDGRID_API_BASE_URL"}

@@ -27,7 +27,7 @@ class Estimate:
     webhook is due (`create()`), as a service writer would: made earlier, the backup poll
     would find it before its webhook and the webhook path would not be tested."""
 
-    shop: object  # lead_orchestrator.shops.Shop
+    shop: object  # lead_orchestrator.store.shops.Shop
     crm: object  # standins.shopmonkey_state.ShopMonkeyState
     overrides: dict | None = None
     order: dict | None = None

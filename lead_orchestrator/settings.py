@@ -141,7 +141,7 @@ class Settings(BaseSettings):
 
     def encryption_keys(self) -> list[str]:
         """The Fernet keys for the shops' secrets, the one to encrypt with first."""
-        from lead_orchestrator.secret_box import new_key, parse_keys
+        from lead_orchestrator.store.secret_box import new_key, parse_keys
 
         if self.lead_encryption_key is not None:
             return parse_keys(self.lead_encryption_key.get_secret_value())

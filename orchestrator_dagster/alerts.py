@@ -1,5 +1,5 @@
 """Alert sensors: a failed run, a failing health check. Both post a Slack-compatible
-webhook and/or email through SendGrid (lead_orchestrator/alerts.py), configured by
+webhook and/or email through SendGrid (lead_orchestrator/services/alerts.py), configured by
 environment variable and off while unset:
 
   ALERT_WEBHOOK_URL       incoming-webhook URL (Slack, or anything taking its JSON)
@@ -25,8 +25,8 @@ from dagster import (AssetCheckKey, AssetKey, ConfigurableResource, DagsterRunSt
                      RunFailureSensorContext, RunsFilter, SensorEvaluationContext, SkipReason, run_failure_sensor,
                      sensor)
 
-from lead_orchestrator.alerts import Alert, AlertChannels, changes, send
-from lead_orchestrator.health import CHECK_NAMES
+from lead_orchestrator.services.alerts import Alert, AlertChannels, changes, send
+from lead_orchestrator.services.health import CHECK_NAMES
 from lead_orchestrator.settings import SENDGRID_REAL_URL
 from orchestrator_dagster.assets import LEADS_KEY
 

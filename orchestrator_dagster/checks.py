@@ -1,6 +1,6 @@
 """Health checks on the `leads` asset: one check per condition, each over every shop,
 naming each failing shop with its reason and since when (the rules and figures are in
-lead_orchestrator/health.py).
+lead_orchestrator/services/health.py).
 
 Why one check per condition rather than checks partitioned by shop: partitioned checks
 are a preview in Dagster 1.13; the asset's health (and the catalog's red/yellow) follows
@@ -30,7 +30,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from lead_orchestrator.health import CHECK_NAMES, CheckOutcome, all_shops_health, evaluate
+from lead_orchestrator.services.health import CHECK_NAMES, CheckOutcome, all_shops_health, evaluate
 from lead_orchestrator.redaction import redacted_errors
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.resources import DatabaseResource

@@ -23,9 +23,9 @@ from typing import Any, Mapping
 from dagster import (AssetKey, AssetMaterialization, AssetRecordsFilter, DagsterEventType, DagsterInstance,
                      MetadataValue)
 
-from lead_orchestrator.ingest import EventResult, summarize
-from lead_orchestrator.lead_stats import LeadFigures, ShopStats, lead_figures, shop_stats
-from lead_orchestrator.touch_runner import active_tenant_ids
+from lead_orchestrator.services.ingest import EventResult, summarize
+from lead_orchestrator.store.lead_stats import LeadFigures, ShopStats, lead_figures, shop_stats
+from lead_orchestrator.services.touch_sweep import active_tenant_ids
 from orchestrator_dagster.assets import LEADS_KEY
 from orchestrator_dagster.partitions import shop_partitions
 

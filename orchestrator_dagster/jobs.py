@@ -4,9 +4,9 @@ import datetime as dt
 
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 
-from lead_orchestrator.ingest import claim_events, process_claimed_events
+from lead_orchestrator.services.ingest import claim_events, process_claimed_events
 from lead_orchestrator.redaction import redacted_errors
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from orchestrator_dagster.history import LeadsHistory
 from orchestrator_dagster.touchpoint_windows import touchpoint_windows
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource

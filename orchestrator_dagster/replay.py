@@ -7,8 +7,8 @@ from typing import Optional
 from dagster import Config, OpExecutionContext, in_process_executor, job, op
 from pydantic import Field
 
-from lead_orchestrator.replay import replay_events
-from lead_orchestrator.shops import tenant_id_for_slug
+from lead_orchestrator.services.replay import replay_events
+from lead_orchestrator.store.shops import tenant_id_for_slug
 from orchestrator_dagster.resources import DatabaseResource
 
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from dagster import (AssetMaterialization, AssetSpec, Config, FreshnessPolicy, MetadataValue, OpExecutionContext,
                      in_process_executor, job, op)
 
-from lead_orchestrator.lead_stats import SLA_SECONDS, LeadFigures, first_touch_latencies, lead_figures
+from lead_orchestrator.store.lead_stats import SLA_SECONDS, LeadFigures, first_touch_latencies, lead_figures
 from lead_orchestrator.redaction import redacted_errors
 from orchestrator_dagster.partitions import shop_partitions
 from orchestrator_dagster.resources import DatabaseResource

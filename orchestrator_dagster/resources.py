@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dagster import ConfigurableResource
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import base_url
-from lead_orchestrator.vendors import Vendors
+from lead_orchestrator.services.shop_clients import Vendors
 
 _databases: dict[str, Database] = {}
 

@@ -16,7 +16,7 @@ import datetime as dt
 from dagster import (AssetKey, DagsterInstance, DagsterRunStatus, OpExecutionContext, RunsFilter, in_process_executor,
                      job, op)
 
-from lead_orchestrator.inbox_retention import purge_done_events
+from lead_orchestrator.store.inbox_retention import purge_done_events
 from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.assets import LEADS_KEY

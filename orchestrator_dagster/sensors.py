@@ -1,7 +1,7 @@
 """Sensors: the inbox sensor (the safety net under the fast path) and the poll sensor
 (below: the 30-second backup poll that feeds the inbox).
 
-The dispatcher (lead_orchestrator/dispatcher.py) takes events the moment they are
+The dispatcher (lead_orchestrator/runtime/dispatcher.py) takes events the moment they are
 committed. With no dispatcher alive, every waiting event gets an ingest run from this
 sensor; with one alive, only events waiting longer than INBOX_GRACE (it failed on them
 or stalled), or than BUSY_GRACE while it is working through a burst. Run keys are deterministic (the highest waiting id),
@@ -13,7 +13,7 @@ import functools
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
-from lead_orchestrator.poll import new_http_client, poll_cycle
+from lead_orchestrator.services.poll import new_http_client, poll_cycle
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.jobs import ingest_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource

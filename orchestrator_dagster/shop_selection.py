@@ -1,8 +1,8 @@
 """Which shops a run works on: the `shops` its config names, or every active shop."""
 from __future__ import annotations
 
-from lead_orchestrator.shops import tenant_id_for_slug
-from lead_orchestrator.touch_runner import active_tenant_ids
+from lead_orchestrator.store.shops import tenant_id_for_slug
+from lead_orchestrator.services.touch_sweep import active_tenant_ids
 
 
 def named_tenant_ids(db, slugs: list[str]) -> list[int] | None:

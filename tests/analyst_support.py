@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from lead_orchestrator.shops import ShopChanges, create_shop
+from lead_orchestrator.store.shops import ShopChanges, create_shop
 
 UTC = dt.timezone.utc
 

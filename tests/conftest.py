@@ -13,11 +13,11 @@ import psycopg
 import pytest
 from cryptography.fernet import Fernet
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.embedded_pg import EmbeddedPostgres
-from lead_orchestrator.migrations import apply_migrations
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
+from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import ShopChanges, create_shop
+from lead_orchestrator.store.shops import ShopChanges, create_shop
 from tests.support import ThreadedServer
 
 # One encryption key for the whole session, this process and the Dagster processes it
@@ -96,7 +96,7 @@ def make_shop(database_url):
 def scratch_database(pg, prefix: str):
     """A migrated database of its own in the session's embedded cluster, dropped after:
     for tests that rewrite every tenant row or count every row change."""
-    from lead_orchestrator.migrations import apply_migrations
+    from lead_orchestrator.store.migrations import apply_migrations
 
     if pg[0] is None:
         pytest.skip("needs the embedded cluster to create a database (TEST_DATABASE_URL is set)")
@@ -149,7 +149,7 @@ def standins():
 
 @pytest.fixture(scope="session")
 def vendors(standins, receiver, settings):
-    from lead_orchestrator.vendors import Vendors
+    from lead_orchestrator.services.shop_clients import Vendors
 
     return Vendors(shopmonkey_base_url=standins.shopmonkey_url, twilio_base_url=standins.twilio_url,
                    sendgrid_base_url=standins.sendgrid_url, public_base_url=receiver.url,
@@ -190,7 +190,7 @@ def dagster_env(pg, database_url, standins, receiver, settings, tmp_path_factory
     """The environment the Dagster processes see, as `lead-orchestrator up` sets it."""
     from pathlib import Path
 
-    from lead_orchestrator.db import sqlalchemy_psycopg2_url
+    from lead_orchestrator.store.db import sqlalchemy_psycopg2_url
 
     home = tmp_path_factory.mktemp("dagster_home")
     (home / "dagster.yaml").write_text((Path(__file__).parent.parent / "dagster.yaml").read_text())
@@ -239,6 +239,6 @@ def dagster_daemon(dagster_env, tmp_path_factory):
              timeout=120, interval=0.5, message="the Dagster daemon's first inbox_sensor tick")
     assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
     yield proc, log_path
-    from lead_orchestrator.stack import stop_process_groups
+    from lead_orchestrator.runtime.stack import stop_process_groups
 
     stop_process_groups([proc], timeout=20)

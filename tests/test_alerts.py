@@ -10,7 +10,7 @@ import logging
 import pytest
 from dagster import build_sensor_context
 
-from lead_orchestrator.alerts import Alert, AlertChannels, changes, send, slack_payload
+from lead_orchestrator.services.alerts import Alert, AlertChannels, changes, send, slack_payload
 from orchestrator_dagster.alerts import (AlertsResource, check_alert_sensor, failing_conditions,
                                          run_failure_alert_sensor)
 from orchestrator_dagster.checks import report_health

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from lead_orchestrator.shops import SECRET_FIELDS
+from lead_orchestrator.store.shops import SECRET_FIELDS
 from tests.analyst_support import H, KEY_REFUSED, S, T0, build, built_database
 from tests.test_isolation import plain_owner_url  # noqa: F401 - a fresh cluster migrated by a plain user
 
@@ -220,7 +220,7 @@ def test_the_application_role_still_sees_one_tenant_and_no_view(admin):
 def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(plain_owner_url):
     """The views read as their owner, past RLS because it owns the tables (not because it
     is a superuser): on a managed PostgreSQL the migrating user is a plain one."""
-    from lead_orchestrator.migrations import apply_migrations
+    from lead_orchestrator.store.migrations import apply_migrations
 
     apply_migrations(plain_owner_url)
     with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.ingest import claim_events
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.services.ingest import claim_events
 from tests.conftest import scratch_database
 from tests.support import wait_for
 
@@ -53,8 +53,8 @@ def inbox(pg):
 
 CLAIMER = textwrap.dedent("""
     import sys, time
-    from lead_orchestrator.db import Database
-    from lead_orchestrator.ingest import claim_events
+    from lead_orchestrator.store.db import Database
+    from lead_orchestrator.services.ingest import claim_events
     db = Database(sys.argv[1], max_size=1, name="doomed").open()
     print(claim_events(db, "doomed-claimer", 10), flush=True)
     time.sleep(600)
@@ -90,7 +90,7 @@ def test_a_dead_claimers_event_is_claimable_again_within_seconds(inbox):
 
 
 def test_a_claimer_that_lost_its_session_takes_a_new_lease_and_frees_its_old_claims(inbox):
-    from lead_orchestrator.claim_lease import lease_for
+    from lead_orchestrator.store.claim_lease import lease_for
 
     first = inbox["add_event"]()
     assert [e for _, e in claim_events(inbox["db"], "worker", 10)] == [first]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from click.testing import CliRunner
 
-from lead_orchestrator.cli import main
+from lead_orchestrator.cli.main import main
 
 
 def commands(group: click.Group, path: tuple[str, ...] = ()):

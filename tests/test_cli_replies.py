@@ -8,9 +8,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lead_orchestrator.cli import main
+from lead_orchestrator.cli.main import main
 from lead_orchestrator.settings import Settings, get_settings
-from lead_orchestrator.stack import say_email_replies
+from lead_orchestrator.runtime.stack import say_email_replies
 
 
 @pytest.fixture

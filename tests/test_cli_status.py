@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from lead_orchestrator.cli import main
-from lead_orchestrator.cli_status import problems
+from lead_orchestrator.cli.main import main
+from lead_orchestrator.cli.status import problems
 from lead_orchestrator.settings import get_settings
 from tests.analyst_support import H, KEY_REFUSED, S, T0, built_database
 

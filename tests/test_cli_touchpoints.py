@@ -8,12 +8,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from lead_orchestrator.cli import main
-from lead_orchestrator.sequences import validate_sequence
+from lead_orchestrator.cli.main import main
+from lead_orchestrator.domain.sequences import validate_sequence
 from lead_orchestrator.settings import get_settings
-from lead_orchestrator.shops import get_shop
-from lead_orchestrator.templates import TemplateError, validate_template
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.store.shops import get_shop
+from lead_orchestrator.domain.templates import TemplateError, validate_template
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, insert_lead, settle_sms_callbacks, unique_email,
                                       unique_phone)
 
@@ -180,8 +180,8 @@ def test_the_link_merge_field_is_set_per_shop_and_required_by_templates_that_use
     assert cli("templates", "set", shop.slug, "book_sms", "--body", "Book online: {{ link }}").exit_code == 0
     steps = [{"step": 0, "offset_minutes": 0, "channel": "sms", "template": "book_sms"}]
     shop = get_shop(admin, shop.slug)
-    from lead_orchestrator.messages import compose
-    from lead_orchestrator.sequences import sequence_for
+    from lead_orchestrator.domain.messages import compose
+    from lead_orchestrator.domain.sequences import sequence_for
 
     step = sequence_for({**shop.settings, "sequence": steps})[0]
     assert compose(shop, step, {"first_name": "Dana"}, first_sms=True, unsubscribe_url=None).body.startswith(

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr, ValidationError
 
-from lead_orchestrator.cli import main
+from lead_orchestrator.cli.main import main
 from lead_orchestrator.settings import ConfigError, Settings, get_settings
-from lead_orchestrator.shops import ShopCannotSend, ShopChanges, create_shop, get_shop, update_shop
+from lead_orchestrator.store.shops import ShopCannotSend, ShopChanges, create_shop, get_shop, update_shop
 
 URL_VARIABLES = ("PUBLIC_BASE_URL", "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL")
 
@@ -48,7 +48,7 @@ def test_base_urls_lose_their_trailing_slash(variable):
 
 
 def test_callback_and_unsubscribe_links_are_urls_whatever_the_trailing_slash(make_shop):
-    from lead_orchestrator.vendors import vendors_from_settings
+    from lead_orchestrator.services.shop_clients import vendors_from_settings
 
     settings = Settings(PUBLIC_BASE_URL="https://hooks.example.com/", APP_SECRET_KEY=uuid.uuid4().hex)
     vendors = vendors_from_settings(settings)

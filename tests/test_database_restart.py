@@ -16,10 +16,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.embedded_pg import EmbeddedPostgres
-from lead_orchestrator.migrations import apply_migrations
-from lead_orchestrator.shops import ShopChanges, create_shop
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
+from lead_orchestrator.store.migrations import apply_migrations
+from lead_orchestrator.store.shops import ShopChanges, create_shop
 from tests.conftest import sms_to
 from tests.support import ThreadedServer, wait_for
 from tests.test_receiver_shopmonkey import order_body, signed_headers
@@ -88,7 +88,7 @@ def _shop(url: str, standins=None):
 def _new_estimate(url: str, standins, shop) -> str:
     """An estimate in the ShopMonkey stand-in whose change is committed to the inbox (as
     the receiver would); returns the customer's phone number."""
-    from lead_orchestrator.inbox import store_event
+    from lead_orchestrator.store.inbox import store_event
 
     created = standins.shopmonkey.create_order(shop.shopmonkey_api_key.get_secret_value(), emit_webhook=False)
     order = created["order"]
@@ -104,7 +104,7 @@ def _lines(caplog, text: str) -> list[logging.LogRecord]:
 
 
 def test_the_dispatcher_survives_a_database_restart(running, standins, vendors, caplog):
-    from lead_orchestrator.dispatcher import Dispatcher
+    from lead_orchestrator.runtime.dispatcher import Dispatcher
 
     cluster = running
     shop = _shop(cluster.url, standins)
@@ -136,7 +136,7 @@ def test_the_dispatcher_survives_a_database_restart(running, standins, vendors, 
     # One line when the database went away, one when it was back; no traceback.
     lost, back = _lines(caplog, "database connection lost"), _lines(caplog, "database connection back")
     assert len(lost) == 1 and len(back) == 1, [r.getMessage() for r in caplog.records]
-    assert not [r for r in caplog.records if r.name.startswith("lead_orchestrator.dispatcher") and r.exc_info]
+    assert not [r for r in caplog.records if r.name.startswith("lead_orchestrator.runtime.dispatcher") and r.exc_info]
 
 
 def test_the_receiver_answers_503_at_once_while_the_database_is_down(running, settings, caplog):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lead_orchestrator.dispatcher import DagsterReporter, Dispatcher
+from lead_orchestrator.runtime.dispatcher import DagsterReporter, Dispatcher
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from itsdangerous import URLSafeSerializer
 
-from lead_orchestrator.auto_replies import auto_reply_reason
-from lead_orchestrator.email_replies import valid_forward_address
-from lead_orchestrator.inbound_email import InboundEmailError, html_to_text, new_text, read_parse_post
-from lead_orchestrator.messages import compose, sample_lead
-from lead_orchestrator.reply_address import MAX_LOCAL_PART, read_reply_address, reply_address, reply_local_part
-from lead_orchestrator.sequences import sequence_for
-from lead_orchestrator.shops import Shop
+from lead_orchestrator.messaging.auto_replies import auto_reply_reason
+from lead_orchestrator.messaging.email_replies import valid_forward_address
+from lead_orchestrator.messaging.inbound_email import InboundEmailError, html_to_text, new_text, read_parse_post
+from lead_orchestrator.domain.messages import compose, sample_lead
+from lead_orchestrator.messaging.reply_address import MAX_LOCAL_PART, read_reply_address, reply_address, reply_local_part
+from lead_orchestrator.domain.sequences import sequence_for
+from lead_orchestrator.store.shops import Shop
 from standins.sendgrid_inbound import compose_email, parse_fields
 
 KEY = "test-secret"
@@ -234,6 +234,6 @@ def test_a_forward_address_is_an_address_outside_the_parse_domain():
 def test_why_describes_replies_and_copies(kind, detail, text):
     from zoneinfo import ZoneInfo
 
-    from lead_orchestrator.timeline import describe
+    from lead_orchestrator.services.timeline import describe
 
     assert describe({"kind": kind, "detail": detail}, ZoneInfo("America/Chicago")) == text

@@ -11,11 +11,11 @@ import uuid
 
 import psycopg
 
-from lead_orchestrator import retry_policy
-from lead_orchestrator.dispatcher import Dispatcher
-from lead_orchestrator.inbox import store_event
-from lead_orchestrator.ingest import process_event, release_event
-from lead_orchestrator.shops import ShopChanges, update_shop
+from lead_orchestrator.domain import retry_policy
+from lead_orchestrator.runtime.dispatcher import Dispatcher
+from lead_orchestrator.store.inbox import store_event
+from lead_orchestrator.services.ingest import process_event, release_event
+from lead_orchestrator.store.shops import ShopChanges, update_shop
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 from tests.test_cli_touchpoints import cli  # noqa: F401 - the CLI fixture
@@ -149,7 +149,7 @@ def test_a_revoked_key_parks_the_shop_until_the_key_is_updated(db, vendors, stan
 
 
 def test_the_poll_releases_parked_events_when_the_key_works_again(db, vendors, standins, connected_shop, admin):
-    from lead_orchestrator.poll import poll_cycle
+    from lead_orchestrator.services.poll import poll_cycle
 
     shop = connected_shop()
     key = shop.shopmonkey_api_key.get_secret_value()
@@ -174,7 +174,7 @@ def test_the_poll_releases_parked_events_when_the_key_works_again(db, vendors, s
 
 def test_a_poll_sighting_revives_a_dead_event(db, vendors, standins, connected_shop, admin):
     """Before: the poll's sighting was swallowed by de-duplication (ON CONFLICT DO NOTHING)."""
-    from lead_orchestrator.poll import poll_cycle
+    from lead_orchestrator.services.poll import poll_cycle
 
     shop = connected_shop()
     order = new_order(standins, shop, emit_webhook=False)
@@ -282,7 +282,7 @@ def test_an_event_is_done_only_once_its_first_touches_are_recorded(db, vendors, 
     first touches left them to the 4-minute touch-point tick (the fault suite's
     worker-kill: 3 of 1,000 estimates past the 60-s target). Now the event stays claimed
     until the sends are recorded, and processing it again sends what is still owed."""
-    from lead_orchestrator import ingest
+    from lead_orchestrator.services import ingest
 
     shop = connected_shop()
     order = new_order(standins, shop, emit_webhook=False)

@@ -54,8 +54,8 @@ def fuzz(pg, settings, tmp_path_factory):
 
 
 def _fuzz_setup(url: str, settings):
-    from lead_orchestrator.db import Database
-    from lead_orchestrator.shops import ShopChanges, create_shop
+    from lead_orchestrator.store.db import Database
+    from lead_orchestrator.store.shops import ShopChanges, create_shop
     from webhook_receiver.main import create_app
 
     admin = psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row)

@@ -1,13 +1,13 @@
-"""Per-shop health (lead_orchestrator/health.py): the rules on constructed figures, pass
+"""Per-shop health (lead_orchestrator/services/health.py): the rules on constructed figures, pass
 and fail, and the figures read from constructed rows. No Dagster here."""
 from __future__ import annotations
 
 import datetime as dt
 
-from lead_orchestrator import health
-from lead_orchestrator.health import (ERROR, WARN, EventsInState, ShopHealth, all_shops_health, evaluate,
+from lead_orchestrator.services import health
+from lead_orchestrator.services.health import (ERROR, WARN, EventsInState, ShopHealth, all_shops_health, evaluate,
                                       shop_health)
-from lead_orchestrator.lead_stats import LeadFigures, MissedLead
+from lead_orchestrator.store.lead_stats import LeadFigures, MissedLead
 from tests.health_support import UTC, add_event, add_lead, set_poll_state
 
 NOW = dt.datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

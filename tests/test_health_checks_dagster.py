@@ -10,7 +10,7 @@ import json
 import pytest
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, AssetSelection, build_sensor_context, materialize
 
-from lead_orchestrator.health import CHECK_NAMES
+from lead_orchestrator.services.health import CHECK_NAMES
 from orchestrator_dagster.assets import leads
 from orchestrator_dagster.checks import health_checks_sensor, leads_health_checks, report_health
 from orchestrator_dagster.resources import DatabaseResource

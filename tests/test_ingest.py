@@ -5,7 +5,7 @@ import datetime as dt
 
 from dagster import AssetKey, AssetRecordsFilter
 
-from lead_orchestrator.ingest import claim_events, process_claimed_events
+from lead_orchestrator.services.ingest import claim_events, process_claimed_events
 from orchestrator_dagster.definitions import defs
 from tests.conftest import emails_to, sms_to
 

@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from lead_orchestrator.db import Database, NotAppRole
-from lead_orchestrator.inbox import store_event
-from lead_orchestrator.touches import set_opt_out
-from lead_orchestrator.vendors import read_unsubscribe_token, unsubscribe_token
+from lead_orchestrator.store.db import Database, NotAppRole
+from lead_orchestrator.store.inbox import store_event
+from lead_orchestrator.services.touches import set_opt_out
+from lead_orchestrator.services.shop_clients import read_unsubscribe_token, unsubscribe_token
 from tests.conftest import TENANT_TABLES
 
 CHILD_TABLES = [t for t in TENANT_TABLES if t != "tenants"]
@@ -248,7 +248,7 @@ def test_an_unsubscribe_token_stops_only_its_own_tenant(db, two_tenants, admin, 
 def test_an_event_of_tenant_a_cannot_close_tenant_b_lead(db, vendors, connected_shop, standins, admin):
     """Tenant A's event naming tenant B's order (a DELETE, which would end the lead) is
     processed inside A's transaction and A's ShopMonkey account: B's lead stays active."""
-    from lead_orchestrator.ingest import process_event
+    from lead_orchestrator.services.ingest import process_event
 
     a, b = connected_shop(), connected_shop()
     created = standins.shopmonkey.create_order(b.shopmonkey_api_key.get_secret_value(), emit_webhook=False)
@@ -280,7 +280,7 @@ def test_an_event_of_tenant_a_cannot_close_tenant_b_lead(db, vendors, connected_
 def plain_owner_url(tmp_path_factory):
     """A separate cluster where the schema is migrated by a plain user (LOGIN CREATEROLE,
     owner of its database), as on a managed external PostgreSQL."""
-    from lead_orchestrator.embedded_pg import EmbeddedPostgres
+    from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
 
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg_plain")).start()
     try:
@@ -294,8 +294,8 @@ def plain_owner_url(tmp_path_factory):
 
 
 def test_a_non_superuser_owner_migrates_and_isolation_holds(plain_owner_url):
-    from lead_orchestrator.migrations import apply_migrations
-    from lead_orchestrator.shops import ShopChanges, create_shop, list_shops
+    from lead_orchestrator.store.migrations import apply_migrations
+    from lead_orchestrator.store.shops import ShopChanges, create_shop, list_shops
 
     assert apply_migrations(plain_owner_url)
     assert apply_migrations(plain_owner_url) == []  # idempotent

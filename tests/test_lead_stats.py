@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from lead_orchestrator.lead_stats import first_touch_latencies, lead_figures, missed_first_touches, shop_stats
+from lead_orchestrator.store.lead_stats import first_touch_latencies, lead_figures, missed_first_touches, shop_stats
 from tests.health_support import UTC, add_event, add_lead
 
 

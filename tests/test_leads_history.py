@@ -8,7 +8,7 @@ import datetime as dt
 
 from dagster import AssetKey, AssetRecordsFilter
 
-from lead_orchestrator.ingest import EventResult
+from lead_orchestrator.services.ingest import EventResult
 from orchestrator_dagster.definitions import defs
 from orchestrator_dagster.history import LeadsHistory
 from orchestrator_dagster.schedules import window_for_tick

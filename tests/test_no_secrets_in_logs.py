@@ -11,7 +11,7 @@ import os
 import pytest
 
 from lead_orchestrator import redaction
-from lead_orchestrator.shops import SECRET_FIELDS
+from lead_orchestrator.store.shops import SECRET_FIELDS
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 
@@ -31,7 +31,7 @@ def test_no_secret_in_any_log_of_an_end_to_end_run(dagster_daemon, dagster_insta
                                                     admin, db, settings, caplog, capfd):
     from dagster import serialize_value
 
-    from lead_orchestrator.inbox import store_event
+    from lead_orchestrator.store.inbox import store_event
     from orchestrator_dagster.definitions import defs
 
     caplog.set_level(logging.DEBUG)

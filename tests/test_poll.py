@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from lead_orchestrator import poll, shopmonkey_client
-from lead_orchestrator.ingest import claim_events, process_claimed_events, process_event
-from lead_orchestrator.qualification import parse_time
-from lead_orchestrator.poll import PollConfig, backoff, due_tenant_ids, poll_cycle, window_start
+from lead_orchestrator.services import poll
+
+from lead_orchestrator.crm.shopmonkey import client as shopmonkey_client
+from lead_orchestrator.services.ingest import claim_events, process_claimed_events, process_event
+from lead_orchestrator.domain.qualification import parse_time
+from lead_orchestrator.services.poll import PollConfig, backoff, due_tenant_ids, poll_cycle, window_start
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 

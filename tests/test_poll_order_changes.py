@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 
-from lead_orchestrator.poll import poll_cycle
-from lead_orchestrator.shops import load_shop
-from lead_orchestrator.touches import due_touch_ids, send_touch
+from lead_orchestrator.services.poll import poll_cycle
+from lead_orchestrator.store.shops import load_shop
+from lead_orchestrator.services.touches import due_touch_ids, send_touch
 from tests.conftest import emails_to, sms_to
 from tests.test_poll import ingest_until, leads_of, new_order
 

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from lead_orchestrator.qualification import closing_reason, qualify
+from lead_orchestrator.domain.qualification import closing_reason, qualify
 
 NOW = dt.datetime(2026, 11, 25, 18, 0, tzinfo=dt.timezone.utc)
 

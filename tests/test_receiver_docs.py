@@ -11,7 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 from pydantic import SecretStr
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from tests.analyst_support import add_shop, set_poll_state
 from tests.conftest import scratch_database
 from tests.support import ThreadedServer

@@ -238,7 +238,7 @@ def test_metrics_answer_loopback_only_unless_a_token_is_set(app_with):
 
 
 def test_services_not_for_the_public_bind_to_loopback_by_default(standins):
-    from lead_orchestrator import stack
+    from lead_orchestrator.runtime import stack
     from lead_orchestrator.settings import Settings
     from standins.__main__ import _parser
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from standins.sendgrid_events import EventSigner, make_event
 from tests.conftest import emails_to
 from tests.touchpoint_support import (UTC, events_of, insert_lead, lead_row, settle_sms_callbacks,

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 import sendgrid
-from lead_orchestrator.email_replies import INBOUND_PARSE_PATH
-from lead_orchestrator.reply_address import reply_address
-from lead_orchestrator.touch_runner import send_due_touches
-from lead_orchestrator.vendors import Vendors
+from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH
+from lead_orchestrator.messaging.reply_address import reply_address
+from lead_orchestrator.services.touch_sweep import send_due_touches
+from lead_orchestrator.services.shop_clients import Vendors
 from standins.sendgrid_inbound import BOUNDARY, compose_email, encode_form, parse_fields
 from tests.conftest import emails_to, sms_to
 from tests.support import ThreadedServer, free_port
@@ -255,7 +255,7 @@ def test_a_shop_without_sendgrid_records_the_failed_copy(db, reply_vendors, conn
 def test_why_shows_the_reply_and_the_touches_it_cancelled(emailed, standins, database_url, settings, monkeypatch):
     from click.testing import CliRunner
 
-    from lead_orchestrator.cli import main
+    from lead_orchestrator.cli.main import main
     from lead_orchestrator.settings import get_settings
 
     shop, lead, email, sent = emailed

@@ -116,7 +116,7 @@ def test_shop_a_secret_cannot_post_into_shop_b(receiver, make_shop, admin):
 
 def test_database_down_answers_503(settings, make_shop):
     """With the database unreachable the event cannot be stored: 503, which ShopMonkey retries."""
-    from lead_orchestrator.db import Database
+    from lead_orchestrator.store.db import Database
     from tests.support import ThreadedServer
     from webhook_receiver.main import create_app
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.support import wait_for
 from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, events_of, insert_lead, lead_row, tenant_counts,
                                       touches_of, unique_email, unique_phone)

@@ -9,8 +9,8 @@ import datetime as dt
 import pytest
 from dagster import (AssetCheckEvaluation, AssetCheckKey, AssetKey, AssetMaterialization, DagsterInstance, job, op)
 
-from lead_orchestrator.db import sqlalchemy_psycopg2_url
-from lead_orchestrator.inbox_retention import purge_done_events
+from lead_orchestrator.store.db import sqlalchemy_psycopg2_url
+from lead_orchestrator.store.inbox_retention import purge_done_events
 from orchestrator_dagster.definitions import defs
 from orchestrator_dagster.resources import DatabaseResource
 from orchestrator_dagster.retention import purge_runless_check_evaluations, purge_runs, retention_schedule

@@ -17,8 +17,8 @@ from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from lead_orchestrator import redaction
-from lead_orchestrator.secret_box import SecretBox, SecretKeyError, default_box
-from lead_orchestrator.shops import (SECRET_FIELDS, ShopChanges, create_shop, get_shop, list_shops, load_shop,
+from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError, default_box
+from lead_orchestrator.store.shops import (SECRET_FIELDS, ShopChanges, create_shop, get_shop, list_shops, load_shop,
                                      update_shop)
 
 SECRETS = {"shopmonkey_api_key": "sm-live-" + "k" * 24, "webhook_secret": "whsec_c2VjcmV0LXZhbHVlLWZvci10ZXN0cw==",
@@ -88,7 +88,7 @@ def test_a_wrong_key_fails_clearly_without_the_value(admin):
 
 
 def test_malformed_keys_are_refused_without_echoing_them():
-    from lead_orchestrator.secret_box import parse_keys
+    from lead_orchestrator.store.secret_box import parse_keys
 
     with pytest.raises(SecretKeyError) as caught:
         parse_keys(Fernet.generate_key().decode() + ",not-a-real-key-but-secret")
@@ -105,7 +105,7 @@ def scratch_url(pg, database_url):
 
 
 def test_plaintext_rows_from_before_are_encrypted_by_the_migration_step(scratch_url):
-    from lead_orchestrator.migrations import apply_migrations
+    from lead_orchestrator.store.migrations import apply_migrations
 
     secrets = unique("legacy")
     with psycopg.connect(scratch_url, autocommit=True, row_factory=dict_row) as conn:
@@ -126,7 +126,7 @@ def test_plaintext_rows_from_before_are_encrypted_by_the_migration_step(scratch_
 
 
 def test_rotation_re_encrypts_every_row_under_the_new_key(scratch_url):
-    from lead_orchestrator.secret_rotation import rotate_secrets
+    from lead_orchestrator.store.secret_rotation import rotate_secrets
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     old_box = SecretBox([old])
@@ -151,7 +151,8 @@ def test_rotation_re_encrypts_every_row_under_the_new_key(scratch_url):
 
 @pytest.fixture
 def cli_env(scratch_url, tmp_path, monkeypatch):
-    from lead_orchestrator import secret_box, settings as settings_module
+    from lead_orchestrator import settings as settings_module
+    from lead_orchestrator.store import secret_box
 
     monkeypatch.setenv("DATABASE_URL", scratch_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
@@ -167,7 +168,7 @@ def cli_env(scratch_url, tmp_path, monkeypatch):
 
 
 def _cli(*args) -> str:
-    from lead_orchestrator.cli import main
+    from lead_orchestrator.cli.main import main
 
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from lead_orchestrator.providers import OutgoingEmail, SendGridSender, TwilioSender
-from lead_orchestrator.send_outcomes import AMBIGUOUS, PERMANENT, SENT, TRANSIENT, from_http_status
+from lead_orchestrator.messaging.senders import OutgoingEmail, SendGridSender, TwilioSender
+from lead_orchestrator.messaging.send_outcomes import AMBIGUOUS, PERMANENT, SENT, TRANSIENT, from_http_status
 from tests.faulty_endpoints import MisbehavingServer, refused_url, unresponsive_listener
 
 ACCOUNT, TOKEN = "AC" + "ab" * 16, "token"

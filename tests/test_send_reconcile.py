@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from lead_orchestrator.dispatcher import Dispatcher
-from lead_orchestrator.providers import EMAIL_SETTLE, SMS_SETTLE
-from lead_orchestrator.send_reconcile import reconcile_in_flight_sends
-from lead_orchestrator.timeline import format_timeline, lead_timeline
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.runtime.dispatcher import Dispatcher
+from lead_orchestrator.messaging.senders import EMAIL_SETTLE, SMS_SETTLE
+from lead_orchestrator.messaging.send_reconcile import reconcile_in_flight_sends
+from lead_orchestrator.services.timeline import format_timeline, lead_timeline
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.conftest import emails_to, sms_to
 from tests.faulty_endpoints import Forwarder, refused_url
 from tests.support import free_port, wait_for
@@ -277,7 +277,7 @@ def test_a_killed_senders_reservation_is_settled_within_seconds(db, rig, admin, 
 
 def test_a_reservation_of_a_live_sender_is_left_alone(db, rig, admin):
     shop, clock, vendors, lead, to = rig
-    from lead_orchestrator.sender_session import sender_pid
+    from lead_orchestrator.messaging.sender_session import sender_pid
 
     touch_id = touches_of(admin, lead["id"])[(0, "sms")]["id"]
     admin.execute("UPDATE touches SET status = 'sending', reserved_at = %s, reserved_by = %s WHERE id = %s",

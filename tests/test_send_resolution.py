@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lead_orchestrator.send_outcomes import ABSENT, ERROR, FOUND, SIMILAR, UNAVAILABLE, Lookup
-from lead_orchestrator.send_resolution import (ASK_AGAIN, CONFIRM, FAIL, GIVE_UP, GIVE_UP_AFTER, LONGEST_WAIT, REPLAN,
+from lead_orchestrator.messaging.send_outcomes import ABSENT, ERROR, FOUND, SIMILAR, UNAVAILABLE, Lookup
+from lead_orchestrator.messaging.send_resolution import (ASK_AGAIN, CONFIRM, FAIL, GIVE_UP, GIVE_UP_AFTER, LONGEST_WAIT, REPLAN,
                                                resolve, wait_before_asking)
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=dt.timezone.utc)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lead_orchestrator.send_window import SendWindow
+from lead_orchestrator.domain.send_window import SendWindow
 
 CHI = ZoneInfo("America/Chicago")
 UTC = dt.timezone.utc

@@ -141,7 +141,7 @@ def _pgid(pid: int) -> int | None:
 
 
 def _demo_key(stack: Stack) -> str:
-    from lead_orchestrator.shops import get_shop
+    from lead_orchestrator.store.shops import get_shop
 
     with psycopg.connect(stack.database_url(), row_factory=psycopg.rows.dict_row) as conn:
         return get_shop(conn, "demo").shopmonkey_api_key.get_secret_value()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.stack import choose_vendors, ports_in_use, psql_command
-from lead_orchestrator.supervisor import ProcessChild, RestartPolicy, Supervisor
+from lead_orchestrator.runtime.stack import choose_vendors, ports_in_use, psql_command
+from lead_orchestrator.runtime.supervisor import ProcessChild, RestartPolicy, Supervisor
 from tests.support import wait_for
 
 FAST = RestartPolicy(initial_delay=0.05, max_delay=0.2, stable_after=2.0, crash_loop_exits=4, crash_loop_window=10.0)
@@ -71,7 +71,7 @@ def test_a_child_that_ran_a_while_is_restarted_at_the_first_delay(supervised, tm
 
 
 def test_what_a_dead_child_leaves_in_its_process_group_is_ended(supervised, tmp_path, monkeypatch):
-    from lead_orchestrator import supervisor as supervisor_module
+    from lead_orchestrator.runtime import supervisor as supervisor_module
 
     monkeypatch.setattr(supervisor_module, "ORPHAN_GRACE_SECONDS", 0.5)
     sup, said, stop = supervised

@@ -22,7 +22,7 @@ from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.tekmetric.client import PAGE_SIZE
 from lead_orchestrator.crm.tekmetric.mapping import cents, parse_customer, parse_repair_order, parse_vehicle
 from lead_orchestrator.crm.tekmetric.webhooks import parse_webhook
-from lead_orchestrator.crm_errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
+from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 APP, SECRET, SHOP, OTHER = "lead-orchestrator", "s3cret", 7, 8

@@ -10,8 +10,8 @@ import threading
 import psycopg
 import pytest
 
-from lead_orchestrator.touch_runner import send_due_touches
-from lead_orchestrator.touches import STALE_RESERVATION, send_touch
+from lead_orchestrator.services.touch_sweep import send_due_touches
+from lead_orchestrator.services.touches import STALE_RESERVATION, send_touch
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, SimulatedCrash, events_of, insert_lead,

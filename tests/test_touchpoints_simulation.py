@@ -23,10 +23,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from lead_orchestrator.ingest import process_event
-from lead_orchestrator.inbox import store_event
-from lead_orchestrator.sequences import DEFAULT_SEQUENCE, Step
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.services.ingest import process_event
+from lead_orchestrator.store.inbox import store_event
+from lead_orchestrator.domain.sequences import DEFAULT_SEQUENCE, Step
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.conftest import emails_to, sms_to
 from tests.touchpoint_support import UTC, RecordingVendors, SimClock, SimulatedCrash, unique_email, unique_phone
 

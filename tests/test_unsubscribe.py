@@ -9,8 +9,8 @@ import re
 import httpx
 import pytest
 
-from lead_orchestrator.touch_runner import send_due_touches
-from lead_orchestrator.vendors import unsubscribe_token
+from lead_orchestrator.services.touch_sweep import send_due_touches
+from lead_orchestrator.services.shop_clients import unsubscribe_token
 from tests.conftest import emails_to
 from tests.touchpoint_support import (UTC, RecordingVendors, SimClock, insert_lead, lead_row, settle_sms_callbacks,
                                       tenant_counts, touches_of, unique_email, unique_phone)

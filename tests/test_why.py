@@ -9,8 +9,8 @@ import re
 import uuid
 from zoneinfo import ZoneInfo
 
-from lead_orchestrator.poll import poll_cycle
-from lead_orchestrator.touch_runner import send_due_touches
+from lead_orchestrator.services.poll import poll_cycle
+from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.analyst_support import KEY_REFUSED, add_event
 from tests.test_cli_touchpoints import cli  # noqa: F401 - the CLI fixture
 from tests.test_poll import ingest_until, leads_of, new_order

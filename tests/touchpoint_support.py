@@ -8,8 +8,8 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 
-from lead_orchestrator.send_window import SendWindow
-from lead_orchestrator.touches import plan_sequence
+from lead_orchestrator.domain.send_window import SendWindow
+from lead_orchestrator.services.touches import plan_sequence
 
 UTC = dt.timezone.utc
 _numbers = itertools.count(100)
@@ -163,10 +163,10 @@ def settle_sms_callbacks(admin, lead_id: int, step: int = 0) -> None:
 
 KILLED_SENDER = """
 import datetime as dt, os, sys
-from lead_orchestrator.db import Database
-from lead_orchestrator.shops import load_shop
-from lead_orchestrator.touches import send_touch
-from lead_orchestrator.vendors import Vendors
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.store.shops import load_shop
+from lead_orchestrator.services.touches import send_touch
+from lead_orchestrator.services.shop_clients import Vendors
 
 url, tenant_id, touch_id, channel, now, twilio, sendgrid, public, secret = sys.argv[1:]
 db = Database(url, max_size=2).open()

@@ -11,9 +11,9 @@ from fastapi import Path, Request
 from psycopg_pool import PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import Shop, load_shop, tenant_id_for_slug
+from lead_orchestrator.store.shops import Shop, load_shop, tenant_id_for_slug
 from webhook_receiver.errors import ApiError
 
 SHOP_CACHE_SECONDS = 30.0

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import Settings, get_settings
 from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache

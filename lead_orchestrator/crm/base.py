@@ -2,7 +2,7 @@
 
 An adapter per CRM (`crm/tekmetric/`, later `crm/shopmonkey/`) implements `CrmAdapter`
 and returns the frozen objects below; no CRM's JSON key is read outside its adapter.
-Errors crossing the port are the neutral ones of `lead_orchestrator.crm_errors`
+Errors crossing the port are the neutral ones of `lead_orchestrator.crm.errors`
 (unauthorized, not found, rate limited, unavailable), so the retry and parking rules are
 written once for every CRM. A webhook that fails its check raises `InvalidWebhook`.
 
@@ -15,7 +15,7 @@ import enum
 from dataclasses import dataclass
 from typing import Mapping, Protocol, runtime_checkable
 
-from lead_orchestrator.crm_errors import CrmError
+from lead_orchestrator.crm.errors import CrmError
 
 
 class EstimateStatus(str, enum.Enum):

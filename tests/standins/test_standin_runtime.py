@@ -14,7 +14,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from lead_orchestrator.vendor_clients import RedirectingTwilioHttpClient, make_sendgrid_client
+from lead_orchestrator.messaging.sdk_clients import RedirectingTwilioHttpClient, make_sendgrid_client
 from standins.contracts import load_schema
 from standins.servers import StandinServers
 from standins.sms_segments import count_segments

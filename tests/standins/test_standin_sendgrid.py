@@ -11,7 +11,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.mail import CustomArg, Header, Mail
 
 from tests.standins.accounts import SENDGRID_KEY
-from lead_orchestrator.vendor_clients import make_sendgrid_client
+from lead_orchestrator.messaging.sdk_clients import make_sendgrid_client
 
 UNSUBSCRIBE = "<https://shop.example/u/abc>"
 

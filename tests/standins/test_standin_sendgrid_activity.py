@@ -10,7 +10,7 @@ import pytest
 from python_http_client.exceptions import BadRequestsError, InternalServerError
 from sendgrid.helpers.mail import CustomArg, Mail
 
-from lead_orchestrator.vendor_clients import make_sendgrid_client
+from lead_orchestrator.messaging.sdk_clients import make_sendgrid_client
 from tests.standins.accounts import SENDGRID_KEY
 
 

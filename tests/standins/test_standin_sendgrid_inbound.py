@@ -9,7 +9,7 @@ import httpx
 from python_multipart.multipart import parse_options_header
 from sendgrid.helpers.mail import Mail
 
-from lead_orchestrator.vendor_clients import make_sendgrid_client
+from lead_orchestrator.messaging.sdk_clients import make_sendgrid_client
 from tests.standins.accounts import SENDGRID_KEY
 
 HOST = "parse.shop.example"

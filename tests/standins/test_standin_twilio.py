@@ -10,7 +10,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 
 from tests.standins.accounts import TWILIO_SID, TWILIO_TOKEN
-from lead_orchestrator.vendor_clients import make_twilio_client
+from lead_orchestrator.messaging.sdk_clients import make_twilio_client
 
 SHOP = "+15125550100"
 CUSTOMER = "+15125550143"

@@ -9,7 +9,7 @@ import pytest
 import requests
 from twilio.base.exceptions import TwilioRestException
 
-from lead_orchestrator.vendor_clients import make_twilio_client
+from lead_orchestrator.messaging.sdk_clients import make_twilio_client
 from tests.standins.accounts import TWILIO_SID, TWILIO_TOKEN
 from tests.support import wait_for
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from webhook_receiver.deps import DATABASE_ERRORS, get_db
 from webhook_receiver.errors import error_response
 

@@ -11,9 +11,9 @@ import time
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.delivery import apply_email_event
-from lead_orchestrator.shops import Shop
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.messaging.delivery import apply_email_event
+from lead_orchestrator.store.shops import Shop
 from webhook_receiver import metrics
 from webhook_receiver.deps import (DATABASE_ERRORS, current_shop, database_unavailable, get_db, read_limited_body,
                                    require_content_type)

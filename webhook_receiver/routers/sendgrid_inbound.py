@@ -4,7 +4,7 @@ See docs/replies.md.
 
 One URL for the whole deployment: the parse domain is the deployment's, and the signed
 address names the shop and the lead. SendGrid posts multipart/form-data, parsed or raw
-(both read by lead_orchestrator.inbound_email). Inbound Parse signs nothing, so the
+(both read by lead_orchestrator.messaging.inbound_email). Inbound Parse signs nothing, so the
 signature in the address is the authentication: an address we did not make is refused.
 
 Answers. SendGrid retries a post only when the answer is 5xx (for up to 72 hours) and
@@ -28,12 +28,12 @@ import datetime as dt
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.email_replies import INBOUND_PARSE_PATH, forward_reply, receive_email_reply
-from lead_orchestrator.inbound_email import InboundEmail, InboundEmailError, read_parse_post
-from lead_orchestrator.reply_address import is_reply_address, read_reply_address
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH, forward_reply, receive_email_reply
+from lead_orchestrator.messaging.inbound_email import InboundEmail, InboundEmailError, read_parse_post
+from lead_orchestrator.messaging.reply_address import is_reply_address, read_reply_address
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import load_shop
+from lead_orchestrator.store.shops import load_shop
 from webhook_receiver import metrics
 from webhook_receiver.deps import DATABASE_ERRORS, database_unavailable, get_db, get_settings
 from webhook_receiver.errors import ApiError
@@ -54,7 +54,7 @@ def _vendors(request: Request, settings: Settings):
     """Vendor clients for the shop's copy, made once per app."""
     vendors = getattr(request.app.state, "vendors", None)
     if vendors is None:
-        from lead_orchestrator.vendors import vendors_from_settings
+        from lead_orchestrator.services.shop_clients import vendors_from_settings
 
         vendors = request.app.state.vendors = vendors_from_settings(settings)
     return vendors

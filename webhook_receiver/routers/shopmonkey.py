@@ -18,8 +18,8 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from lead_orchestrator.db import is_connection_error
-from lead_orchestrator.inbox import NewEvent
+from lead_orchestrator.store.db import is_connection_error
+from lead_orchestrator.store.inbox import NewEvent
 from webhook_receiver import metrics
 from webhook_receiver.deps import database_unavailable, read_limited_body, require_content_type, shop_for
 from webhook_receiver.errors import ApiError
@@ -100,7 +100,7 @@ async def handle_shopmonkey_webhook(request: Request) -> JSONResponse:
         raise ApiError(422, "invalid_payload", f"the payload cannot be stored: {exc.diag.message_primary}") from None
     except psycopg.Error as exc:
         # Whatever else went wrong, the event is not stored: 503 makes ShopMonkey send it again.
-        # The database being down is logged once, when it goes (lead_orchestrator.db.Availability).
+        # The database being down is logged once, when it goes (lead_orchestrator.store.db.Availability).
         if not is_connection_error(exc):
             log.exception("could not store a ShopMonkey webhook for shop %s", shop.slug)
         _COUNT["unavailable"].inc()

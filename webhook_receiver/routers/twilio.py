@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from lead_orchestrator.db import Database
-from lead_orchestrator.delivery import apply_sms_status
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.messaging.delivery import apply_sms_status
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import Shop
-from lead_orchestrator.stop_conditions import handle_inbound_sms
+from lead_orchestrator.store.shops import Shop
+from lead_orchestrator.services.stop_conditions import handle_inbound_sms
 from webhook_receiver import metrics
 from webhook_receiver.deps import (DATABASE_ERRORS, current_shop, database_unavailable, get_db, get_settings,
                                    read_body, require_content_type)

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from lead_orchestrator.db import Database
+from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.shops import Shop, load_shop
-from lead_orchestrator.stop_conditions import unsubscribe_email
-from lead_orchestrator.vendors import read_unsubscribe_token
+from lead_orchestrator.store.shops import Shop, load_shop
+from lead_orchestrator.services.stop_conditions import unsubscribe_email
+from lead_orchestrator.services.shop_clients import read_unsubscribe_token
 from webhook_receiver import metrics
 from webhook_receiver.deps import DATABASE_ERRORS, database_unavailable, get_db, get_settings, read_limited_body
 from webhook_receiver.errors import ApiError

@@ -13,7 +13,7 @@ from lead_orchestrator.crm.base import ChangeHint, ChangeScan, Estimate, Invalid
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.crm.tekmetric.mapping import CRM, parse_customer, parse_repair_order, parse_vehicle
 from lead_orchestrator.crm.tekmetric.webhooks import parse_webhook, token_matches
-from lead_orchestrator.crm_errors import CrmError, CrmNotFound
+from lead_orchestrator.crm.errors import CrmError, CrmNotFound
 
 # Offset paging is only safe on a stable order: `createdDate` never changes, so an order
 # edited while we page stays where it was (Tekmetric cannot sort by updatedDate).

@@ -29,7 +29,7 @@ import httpx
 
 from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, safe_per_minute
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
-from lead_orchestrator.crm_errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
+from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 
 API = "/api/v1"
 PAGE_SIZE = 100  # Tekmetric's cap: a larger size is silently cut to 100

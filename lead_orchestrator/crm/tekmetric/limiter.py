@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Callable
 
-from lead_orchestrator.crm_errors import CrmRateLimited
+from lead_orchestrator.crm.errors import CrmRateLimited
 
 WINDOW_S = 60.0
 

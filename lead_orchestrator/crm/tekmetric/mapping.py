@@ -29,9 +29,9 @@ import datetime as dt
 import re
 from typing import Any
 
-from lead_orchestrator.contact_points import normalize_email, normalize_phone
+from lead_orchestrator.domain.contact_points import normalize_email, normalize_phone
 from lead_orchestrator.crm.base import Customer, Email, Estimate, EstimateStatus, Phone, PhoneKind, Vehicle
-from lead_orchestrator.crm_errors import CrmError
+from lead_orchestrator.crm.errors import CrmError
 
 CRM = "tekmetric"
 Json = dict[str, Any]

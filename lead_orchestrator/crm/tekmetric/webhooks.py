@@ -17,7 +17,7 @@ from typing import Any
 
 from lead_orchestrator.crm.base import ChangeHint, ChangeKind, InvalidWebhook
 from lead_orchestrator.crm.tekmetric.mapping import CRM, parse_time, version_of
-from lead_orchestrator.crm_errors import CrmError
+from lead_orchestrator.crm.errors import CrmError
 
 TOKEN_BYTES = 32  # 256 bits, 43 URL-safe characters
 

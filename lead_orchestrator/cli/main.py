@@ -1,0 +1,274 @@
+"""The `lead-orchestrator` command: run the stack, migrate, manage shops, run parts alone."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import psycopg
+from pydantic import ValidationError
+
+from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.store.migrations import apply_migrations
+from lead_orchestrator.settings import ConfigError, get_settings
+from lead_orchestrator.store.shops import (SECRET_FIELDS, ShopCannotSend, ShopChanges, create_shop, get_shop, list_shops,
+                                    update_shop)
+
+
+@click.group(help="Lead Orchestrator: answers new ShopMonkey estimates by text and email within seconds.")
+def main() -> None:
+    from lead_orchestrator import redaction
+
+    redaction.install()
+    try:
+        get_settings()  # configuration is input: checked before any command runs
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command(help="Start everything: database, stand-ins (unless real vendors are chosen), receiver, "
+                   "dispatcher, Dagster webserver and daemon, each restarted if it stops. Ctrl-C stops it all. "
+                   "Vendors: --standins/--real-vendors, else LEAD_VENDORS, else the stand-ins unless a "
+                   "vendor base URL (SHOPMONKEY_BASE_URL, …) is set.")
+@click.option("--real-vendors", "vendors", flag_value="real",
+              help="Use the vendor base URLs as configured (default: the real APIs); no stand-ins.")
+@click.option("--standins", "vendors", flag_value="standins",
+              help="Start the local stand-ins and point every shop at them.")
+@click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
+def up(vendors: str | None, no_demo: bool) -> None:
+    from lead_orchestrator.runtime.stack import run_stack
+
+    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo))
+
+
+@main.command(help="Apply pending schema migrations (safe to run any time).")
+def migrate() -> None:
+    with database_url_for(get_settings()) as (url, _):
+        applied = apply_migrations(url)
+    click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@main.command(help="Run the fast path alone: process inbox events the moment they are stored.")
+@click.option("--workers", default=32, show_default=True, help="Events processed at once.")
+def dispatcher(workers: int) -> None:
+    import logging
+    import signal
+    import threading
+
+    from lead_orchestrator.store.db import Database
+    from lead_orchestrator.runtime.dispatcher import DagsterReporter, Dispatcher
+    from lead_orchestrator.services.shop_clients import vendors_from_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The Twilio SDK and httpx (the ShopMonkey client) log every request at INFO: noise,
+    # and CPU (a lock shared by every worker), at a thousand leads a minute.
+    for chatty in ("twilio.http_client", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    settings = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with database_url_for(settings) as (url, _):
+        db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
+        reporter = DagsterReporter(db) if settings.dagster_home else None
+        if reporter is None:
+            click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
+        click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
+        try:
+            Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
+        finally:
+            db.close()
+
+
+@main.command("rotate-encryption-key", help=(
+    "Re-encrypt every shop secret under the first key of LEAD_ENCRYPTION_KEY. Rotation: "
+    "set LEAD_ENCRYPTION_KEY=NEW,OLD everywhere, run this, then remove OLD. Without "
+    "LEAD_ENCRYPTION_KEY (local mode) use --generate-new-key."))
+@click.option("--generate-new-key", is_flag=True,
+              help="Local mode: replace the key kept in DATA_DIR/encryption_key by a new one (stop `up` first).")
+@click.option("--print-new-key", is_flag=True, help="Only print a newly generated key, to put first in LEAD_ENCRYPTION_KEY.")
+def rotate_encryption_key(generate_new_key: bool, print_new_key: bool) -> None:
+    from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError, new_key
+    from lead_orchestrator.store.secret_rotation import rotate_secrets
+
+    if print_new_key:
+        click.echo(new_key())
+        return
+    settings = get_settings()
+    if generate_new_key and settings.lead_encryption_key is not None:
+        raise click.ClickException("LEAD_ENCRYPTION_KEY is set: put a new key first in it "
+                                   "(`--print-new-key` makes one), keep the old one after it, and run again")
+    try:
+        keys = settings.encryption_keys()
+        if generate_new_key:
+            keys = [new_key(), *keys]
+            # Old keys stay in the file until every row is re-encrypted: a crash midway loses nothing.
+            _replace_file(settings.encryption_key_file, "\n".join(keys) + "\n")
+        box = SecretBox(keys)
+        with database_url_for(settings) as (url, _):
+            apply_migrations(url, box=box)
+            with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+                counts = rotate_secrets(conn, box)
+    except SecretKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    if generate_new_key:
+        _replace_file(settings.encryption_key_file, keys[0] + "\n")
+    total = sum(counts.values())
+    click.echo(f"re-encrypted {total} secret(s) under the first key"
+               + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))})" if total else ""))
+    if generate_new_key:
+        click.echo(f"{settings.encryption_key_file} now holds only the new key; restart running processes")
+    elif len(keys) > 1:
+        click.echo("every secret now reads with the first key: remove the older key(s) from "
+                   "LEAD_ENCRYPTION_KEY and restart the processes")
+
+
+def _replace_file(path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+@main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--shopmonkey-port", default=8701, show_default=True)
+@click.option("--twilio-port", default=8702, show_default=True)
+@click.option("--sendgrid-port", default=8703, show_default=True)
+def standins(host: str, shopmonkey_port: int, twilio_port: int, sendgrid_port: int) -> None:
+    from standins.__main__ import main as run_standins
+
+    run_standins(["--host", host, "--shopmonkey-port", str(shopmonkey_port),
+                  "--twilio-port", str(twilio_port), "--sendgrid-port", str(sendgrid_port)])
+
+
+# --- shops ------------------------------------------------------------------------------
+
+_SHOP_OPTIONS = [
+    click.option("--name"), click.option("--time-zone", help="IANA zone, e.g. America/Chicago"),
+    click.option("--shop-phone"), click.option("--postal-address"),
+    click.option("--shopmonkey-api-key"), click.option("--webhook-secret"),
+    click.option("--twilio-account-sid"), click.option("--twilio-auth-token"),
+    click.option("--twilio-sender", help="E.164 number or Messaging Service SID (MG…)"),
+    click.option("--sendgrid-api-key"), click.option("--sendgrid-sender"),
+    click.option("--sendgrid-event-public-key", help="Event webhook verification key (base64), from SendGrid's settings"),
+    click.option("--send-window-start", help="HH:MM, shop time (default 08:00)"),
+    click.option("--send-window-end", help="HH:MM, shop time (default 21:00)"),
+    click.option("--max-lead-age-days", type=int),
+    click.option("--active/--inactive", default=None),
+]
+
+
+def _shop_options(fn):
+    for option in reversed(_SHOP_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _changes(values: dict) -> ShopChanges:
+    try:
+        return ShopChanges(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise click.BadParameter(f"{'.'.join(map(str, first['loc']))}: {message}") from None
+
+
+def _describe(shop) -> dict:
+    data = shop.model_dump(mode="json")
+    for field in SECRET_FIELDS:  # never print a secret, only whether it is set
+        data[field] = "set" if getattr(shop, field) else "not set"
+    return data
+
+
+@main.group(help="Add, list, show and update shops (tenants).")
+def shops() -> None:
+    pass
+
+
+@shops.command("add", help="Add a shop with its credentials (secrets are stored encrypted and never "
+                              "printed back); prints the shop as JSON.")
+@click.argument("slug")
+@_shop_options
+def shops_add(slug: str, **values) -> None:
+    name = values.pop("name") or slug
+    changes = _changes(values)
+    with database_url_for(get_settings()) as (url, _):
+        apply_migrations(url)
+        with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            try:
+                shop = create_shop(conn, slug, name, changes)
+            except ShopCannotSend as exc:
+                raise click.ClickException(str(exc)) from None
+            except psycopg.errors.UniqueViolation:
+                raise click.ClickException(f"a shop named {slug!r} exists already (use `shops update`)") from None
+            except psycopg.errors.CheckViolation:
+                raise click.ClickException("slug must be 2-63 lowercase letters, digits or dashes") from None
+    click.echo(json.dumps(_describe(shop), indent=2))
+
+
+@shops.command("update", help="Change any of a shop's settings or credentials; prints the shop as JSON.")
+@click.argument("slug")
+@_shop_options
+def shops_update(slug: str, **values) -> None:
+    changes = _changes(values)
+    with database_url_for(get_settings()) as (url, _):
+        with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+            try:
+                shop = update_shop(conn, slug, changes)
+            except ShopCannotSend as exc:
+                raise click.ClickException(str(exc)) from None
+    if shop is None:
+        raise click.ClickException(f"no shop named {slug!r}")
+    click.echo(json.dumps(_describe(shop), indent=2))
+
+
+@shops.command("list", help="One line per shop: slug, name, time zone, active or not.")
+def shops_list() -> None:
+    with database_url_for(get_settings()) as (url, _):
+        apply_migrations(url)
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            found = list_shops(conn)
+    if not found:
+        click.echo("no shops yet: add one with `lead-orchestrator shops add SLUG --name ...`")
+    for shop in found:
+        click.echo(f"{shop.slug:24} {shop.name:30} {shop.time_zone:20} {'active' if shop.active else 'inactive'}")
+
+
+@shops.command("show", help="Print a shop as JSON (secrets only as set / not set).")
+@click.argument("slug")
+def shops_show(slug: str) -> None:
+    with database_url_for(get_settings()) as (url, _):
+        with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+            shop = get_shop(conn, slug)
+    if shop is None:
+        raise click.ClickException(f"no shop named {slug!r}")
+    from lead_orchestrator.messaging.email_replies import reply_setup
+
+    click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(get_settings(), shop)}, indent=2))
+
+
+# --- touch-points: sequence, templates, quiet-hours, preview, why (cli_touchpoints.py) ---
+from lead_orchestrator.cli.touchpoints import COMMANDS as _TOUCHPOINT_COMMANDS  # noqa: E402
+
+for _command in _TOUCHPOINT_COMMANDS:
+    main.add_command(_command)
+
+# --- operators: replay parked/dead inbox events (cli_replay.py) ---
+from lead_orchestrator.cli.replay import replay as _replay  # noqa: E402
+
+main.add_command(_replay)
+
+# --- operators and analysts: status (cli_status.py), sql (cli_sql.py) ---
+from lead_orchestrator.cli.sql import sql as _sql  # noqa: E402
+from lead_orchestrator.cli.status import status as _status  # noqa: E402
+
+main.add_command(_status)
+main.add_command(_sql)
+
+from lead_orchestrator.cli.replies import replies as _replies  # noqa: E402  (email replies: docs/replies.md)
+
+main.add_command(_replies)

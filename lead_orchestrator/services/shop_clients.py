@@ -1,0 +1,111 @@
+"""Builds per-shop vendor clients from a shop's credentials and the deployment's base
+URLs, and the public URLs the vendors call back (status callbacks, unsubscribe) and the
+addresses customers reply to (docs/replies.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from itsdangerous import URLSafeSerializer
+
+from lead_orchestrator.messaging.senders import SendGridSender, TwilioSender
+from lead_orchestrator.messaging.reply_address import reply_address
+from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
+from lead_orchestrator.store.shops import Shop
+
+
+class MissingCredentials(RuntimeError):
+    pass
+
+
+@dataclass
+class Vendors:
+    shopmonkey_base_url: str
+    twilio_base_url: str | None
+    sendgrid_base_url: str | None
+    public_base_url: str
+    secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
+    inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
+    send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
+        """`pacer`: the shop's crm_pace.CrmPacer (shared by every caller in every process)."""
+        key = _secret(shop, "shopmonkey_api_key")
+        if http is not None:  # a shared connection pool (the poll): cheap to build, nothing to cache
+            return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http, pacer=pacer)
+        return self._cached(("sm", shop.id, key, pacer is not None),
+                            lambda: ShopMonkeyClient(self.shopmonkey_base_url, key, pacer=pacer))
+
+    def sms(self, shop: Shop) -> TwilioSender:
+        token = _secret(shop, "twilio_auth_token")
+        if not shop.twilio_account_sid or not shop.twilio_sender:
+            raise MissingCredentials(f"shop {shop.slug} has no Twilio account SID or sender")
+        return self._cached(("tw", shop.id, token, shop.twilio_sender),
+                            lambda: TwilioSender(shop.twilio_account_sid, token, shop.twilio_sender,
+                                                 self.twilio_base_url, timeout=self.send_timeout))
+
+    def email(self, shop: Shop) -> SendGridSender:
+        key = _secret(shop, "sendgrid_api_key")
+        return self._cached(("sg", shop.id, key),
+                            lambda: SendGridSender(key, self.sendgrid_base_url, timeout=self.send_timeout))
+
+    def finder(self, shop: Shop, channel: str) -> TwilioSender | SendGridSender:
+        """The client that can say whether the vendor has a message whose answer was lost."""
+        return self.sms(shop) if channel == "sms" else self.email(shop)
+
+    def status_callback_url(self, shop: Shop, touch_id: int | None = None) -> str:
+        # The touch id in the URL lets a callback find its touch even when it arrives
+        # before the send's outcome is committed; Twilio signs the URL with its query.
+        base = f"{self.public_base_url}/webhooks/twilio/{shop.slug}/status"
+        return f"{base}?touch={touch_id}" if touch_id is not None else base
+
+    def unsubscribe_url(self, shop: Shop, email: str) -> str:
+        return f"{self.public_base_url}/unsubscribe/{unsubscribe_token(self.secret_key, shop.id, email)}"
+
+    def reply_address(self, shop: Shop, lead_id: int) -> str | None:
+        if not self.inbound_parse_domain:
+            return None
+        return reply_address(self.secret_key, self.inbound_parse_domain, shop.id, lead_id)
+
+    def _cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def close(self) -> None:
+        for client in self._cache.values():
+            if isinstance(client, ShopMonkeyClient):
+                client.close()
+        self._cache.clear()
+
+
+def _secret(shop: Shop, name: str) -> str:
+    value = getattr(shop, name)
+    if value is None or not value.get_secret_value():
+        raise MissingCredentials(f"shop {shop.slug} has no {name.replace('_', ' ')}")
+    return value.get_secret_value()
+
+
+def unsubscribe_token(secret_key: str, tenant_id: int, email: str) -> str:
+    return URLSafeSerializer(secret_key, salt="unsubscribe").dumps([tenant_id, email])
+
+
+def read_unsubscribe_token(secret_key: str, token: str) -> tuple[int, str] | None:
+    from itsdangerous import BadSignature
+
+    try:
+        tenant_id, email = URLSafeSerializer(secret_key, salt="unsubscribe").loads(token)
+    except (BadSignature, ValueError, TypeError):
+        return None
+    return int(tenant_id), str(email)
+
+
+def vendors_from_settings(settings) -> Vendors:
+    return Vendors(
+        shopmonkey_base_url=settings.shopmonkey_base_url,
+        twilio_base_url=settings.twilio_api_base_url,
+        sendgrid_base_url=settings.sendgrid_api_base_url,
+        public_base_url=settings.public_base_url,
+        secret_key=settings.secret_key(),
+        inbound_parse_domain=settings.inbound_parse_domain,
+    )
