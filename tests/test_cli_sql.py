@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from lead_orchestrator.cli.main import sql as cli_sql
+from lead_orchestrator.cli import sql as cli_sql
 from lead_orchestrator.cli.main import main
 from lead_orchestrator.settings import get_settings
 
