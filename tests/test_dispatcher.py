@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from lead_orchestrator.runtime.dispatcher import DagsterReporter, Dispatcher
+from lead_orchestrator.runtime.dispatcher import Dispatcher
+from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 
@@ -59,7 +60,7 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
 
     shop = connected_shop()
     standins.shopmonkey.create_order(shop.shopmonkey_api_key.get_secret_value(), wait_webhook=True)
-    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter(db))
+    dispatcher = Dispatcher(db, vendors, workers=2, reporter=BackgroundRecorder(LeadsHistory(db), "dispatcher"))
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()
