@@ -199,6 +199,10 @@ def utc_iso(moment: dt.datetime) -> str:
 # An ISO-8601 date and time, as CRMs send them. sql/0016_inbox_crm.sql reads old inbox
 # keys with the same pattern: change both or neither.
 _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+# utc_iso's own spelling (ShopMonkey's, as it happens): such a stamp is its own key, read
+# without parsing on the receiver's hot path (a date that does not exist is kept as text
+# either way).
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def parse_stamp(value: object) -> dt.datetime | None:
@@ -218,5 +222,7 @@ def parse_stamp(value: object) -> dt.datetime | None:
 def stamp_key(value: str | None) -> str:
     """The spelling of a version stamp inside an inbox key: `utc_iso` of the moment when
     the text is a date-time (so "…11Z" and "…11.000Z" are one change), else the text."""
+    if value and _CANONICAL.fullmatch(value):
+        return value
     moment = parse_stamp(value)
     return utc_iso(moment) if moment is not None else (value or "")
