@@ -1,6 +1,7 @@
 """Builds per-shop vendor clients from a shop's credentials and the deployment's base
-URLs, and the public URLs the vendors call back (status callbacks, unsubscribe) and the
-addresses customers reply to (docs/replies.md)."""
+URLs (the shop's CRM adapter through `crm.registry`), and the public URLs the vendors
+call back (status callbacks, unsubscribe) and the addresses customers reply to
+(docs/replies.md)."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +11,8 @@ from itsdangerous import URLSafeSerializer
 
 from lead_orchestrator.messaging.senders import SendGridSender, TwilioSender
 from lead_orchestrator.messaging.reply_address import reply_address
+from lead_orchestrator.crm import registry
+from lead_orchestrator.crm.base import CrmAdapter
 from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
 from lead_orchestrator.store.shops import Shop
 
@@ -37,6 +40,11 @@ class Vendors:
             return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http, pacer=pacer)
         return self._cached(("sm", shop.id, key, pacer is not None),
                             lambda: ShopMonkeyClient(self.shopmonkey_base_url, key, pacer=pacer))
+
+    def crm_adapter(self, shop: Shop, *, pacer=None, http=None) -> CrmAdapter:
+        """The shop's CRM behind the port (crm.registry picks it by the shop's CRM);
+        `pacer` and `http` as for `shopmonkey`. MissingCredentials as the clients raise it."""
+        return registry.adapter_for(shop, self, pacer=pacer, http=http)
 
     def sms(self, shop: Shop) -> TwilioSender:
         token = _secret(shop, "twilio_auth_token")

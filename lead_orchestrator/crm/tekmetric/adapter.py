@@ -30,7 +30,8 @@ class TekmetricAdapter:
         self.shop_id = str(shop_id)
         self._webhook_token = webhook_token
 
-    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None) -> Estimate:
+    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None,
+                       hint: ChangeHint | None = None) -> Estimate:
         order = self.client.get(f"/repair-orders/{_path_id(estimate_id)}", deadline=deadline)
         estimate = parse_repair_order(order)
         if estimate.shop_ref != self.shop_id:
