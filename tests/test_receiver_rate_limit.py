@@ -1,15 +1,24 @@
 """The per-shop webhook rate limit across receiver processes (webhook_receiver/shop_budget.py,
-sql/0019_webhook_rate_windows.sql): the bookkeeping of leased budget without I/O and the
-lease function in PostgreSQL."""
+sql/0019_webhook_rate_windows.sql): the bookkeeping of leased budget without I/O, the
+lease function in PostgreSQL, and two real receiver processes hammered for one shop."""
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
+from tests.support import free_port, wait_for
+from tests.test_receiver_shopmonkey import order_body, signed_headers
 from webhook_receiver.shop_budget import CLEAN_AT_MOST, CLEAN_EVERY_S, Grant, LeaseRequest, ShopBudgets
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Clock:
@@ -272,3 +281,83 @@ def test_expired_windows_are_deleted_on_the_way(db, admin):
     assert grant.cleaned >= 1
     assert _granted(admin, old) == {} and _granted(admin, kept) == {2: 3}
 
+
+# --- two receiver processes ---------------------------------------------------------------
+
+class ReceiverProcess:
+    """`uvicorn webhook_receiver.main:create_app --factory`, as deployments run it."""
+
+    def __init__(self, database_url: str, data_dir: Path, rate: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATABASE_URL": database_url, "WEBHOOK_RATE_LIMIT": rate, "LEAD_DATA_DIR": str(data_dir),
+               "APP_SECRET_KEY": "test-secret-key", "PUBLIC_BASE_URL": self.url}
+        self.log = data_dir / f"receiver-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "webhook_receiver.main:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+            cwd=ROOT, env=env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT)
+
+    def wait_started(self) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=60, interval=0.2, message=f"the receiver on {self.url}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def two_receivers(database_url, tmp_path):
+    receivers = [ReceiverProcess(database_url, tmp_path, "40/hour") for _ in range(2)]
+    try:
+        for receiver in receivers:
+            receiver.wait_started()
+        yield receivers
+    finally:
+        for receiver in receivers:
+            receiver.stop()
+
+
+def test_two_receiver_processes_hold_one_limit_together(two_receivers, make_shop, admin):
+    shop, other = make_shop(), make_shop()
+    secret = shop.webhook_secret.get_secret_value()
+    limit, lease_size = 40, 5  # "40/hour": leases of an eighth
+
+    def deliver(i: int):
+        receiver = two_receivers[i % 2]
+        body = order_body()
+        headers = signed_headers(secret, body)
+        response = client.post(f"{receiver.url}/webhooks/shopmonkey/{shop.slug}", content=body, headers=headers)
+        return i % 2, response, headers["webhook-id"]
+
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(deliver, range(3 * limit)))
+    accepted = [(process, webhook_id) for process, r, webhook_id in answers if r.status_code == 202]
+    refused = [r for _, r, _ in answers if r.status_code != 202]
+    # No overshoot. Short of the limit only by what a process may still hold leased when the
+    # hammering stops (each got 60 deliveries, more than the whole limit, so in practice none).
+    assert limit - 2 * lease_size <= len(accepted) <= limit, [r.status_code for _, r, _ in answers]
+    assert {process for process, _ in accepted} == {0, 1}  # both processes admitted some
+    for r in refused:
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+        assert int(r.headers["retry-after"]) >= 1
+    stored = {row["webhook_id"] for row in admin.execute(
+        "SELECT webhook_id FROM inbox_events WHERE tenant_id = %s", (shop.id,)).fetchall()}
+    assert stored == {webhook_id for _, webhook_id in accepted}  # every 202 is stored, nothing else
+    # Another shop has a budget of its own, through either process.
+    for receiver in two_receivers:
+        body = order_body()
+        headers = signed_headers(other.webhook_secret.get_secret_value(), body)
+        assert httpx.post(f"{receiver.url}/webhooks/shopmonkey/{other.slug}", content=body, headers=headers,
+                          timeout=30).status_code == 202
