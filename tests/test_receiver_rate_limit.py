@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import ThreadedServer, free_port, wait_for
 from tests.test_receiver_shopmonkey import order_body, signed_headers
 from webhook_receiver.shop_budget import CLEAN_AT_MOST, CLEAN_EVERY_S, Grant, LeaseRequest, ShopBudgets
 
@@ -280,6 +280,56 @@ def test_expired_windows_are_deleted_on_the_way(db, admin):
     grant = _lease(db, _unique("cleaner"), limit=10, period_s=60, wanted=1, clean=CLEAN_AT_MOST)
     assert grant.cleaned >= 1
     assert _granted(admin, old) == {} and _granted(admin, kept) == {2: 3}
+
+
+# --- one receiver over HTTP ----------------------------------------------------------------
+
+@pytest.fixture
+def receiver_with(settings, db):
+    from webhook_receiver.main import create_app
+
+    servers = []
+
+    def start(rate: str) -> ThreadedServer:
+        server = ThreadedServer(create_app(settings.model_copy(update={"webhook_rate_limit": rate}), db)).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def _leases(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("lead_webhook_rate_leases_total", {"result": result}) or 0.0
+
+
+def test_a_lease_serves_many_requests(receiver_with, make_shop, admin):
+    server, shop = receiver_with("8000/minute"), make_shop()  # leases of 1,000
+    secret = shop.webhook_secret.get_secret_value()
+    before = _leases("granted")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(60):
+            body = order_body()
+            assert client.post(f"/webhooks/shopmonkey/{shop.slug}", content=body,
+                               headers=signed_headers(secret, body)).status_code == 202
+    assert _leases("granted") - before == 1
+    assert _granted(admin, shop.slug) and sum(_granted(admin, shop.slug).values()) == 1000
+
+
+def test_an_unexpected_error_of_the_limit_is_the_one_500_body(receiver_with, caplog):
+    server = receiver_with("600/minute")
+    app = server._server.config.app
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+
+    app.rate_budgets._lease = broken
+    response = httpx.post(f"{server.url}/webhooks/shopmonkey/some-shop", content=b"{}", timeout=10)
+    assert response.status_code == 500 and response.json()["error"]["code"] == "internal_error"
+    assert "RuntimeError" in caplog.text
 
 
 # --- two receiver processes ---------------------------------------------------------------

@@ -21,12 +21,14 @@ import psycopg
 from starlette.concurrency import run_in_threadpool
 
 from lead_orchestrator.store.db import Database, is_connection_error, short_reason
+from webhook_receiver import metrics
 from webhook_receiver.deps import database_unavailable
 from webhook_receiver.errors import ApiError
 from webhook_receiver.shop_budget import Grant, Lease, LeaseRequest, ShopBudgets, retry_after_header
 
 log = logging.getLogger(__name__)
 
+_LEASES = {r: metrics.RATE_LEASES.labels(r) for r in ("granted", "refused", "failed")}
 WEBHOOK_PATH = re.compile(r"^/webhooks/([^/]+)/([^/]+)")
 
 
@@ -61,7 +63,11 @@ class ShopRateLimit:
                     unavailable = database_unavailable()
                     return await send_error(send, unavailable.status, unavailable.code, unavailable.message,
                                             unavailable.headers)
+                except Exception:  # noqa: BLE001 - the one 500 body, as on every route
+                    log.exception("the webhook rate limit failed on %s", match.group(0))
+                    return await send_error(send, 500, "internal_error", "the request could not be handled")
                 if wait is not None:
+                    metrics.RATE_LIMITED.inc()
                     retry_after = retry_after_header(wait)
                     return await send_error(send, 429, "rate_limited",
                                             f"too many requests for this shop; retry after {retry_after}s",
@@ -75,11 +81,16 @@ def database_lease(database: Callable[[], Database]) -> Lease:
     opened with the app, after the guards are built."""
 
     def lease(request: LeaseRequest) -> Grant:
-        with database().system_tx() as conn:
-            row = conn.execute(
-                "SELECT * FROM lease_webhook_budget(%s, %s, %s, %s, %s, %s, %s, %s)",
-                (request.vendor, request.shop, request.limit, request.period_s, request.wanted,
-                 request.return_window, request.returned, request.clean_at_most)).fetchone()
+        try:
+            with database().system_tx() as conn:
+                row = conn.execute(
+                    "SELECT * FROM lease_webhook_budget(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (request.vendor, request.shop, request.limit, request.period_s, request.wanted,
+                     request.return_window, request.returned, request.clean_at_most)).fetchone()
+        except Exception:
+            _LEASES["failed"].inc()
+            raise
+        _LEASES["granted" if row["granted"] else "refused"].inc()
         return Grant(granted=row["granted"], window=row["window_no"], window_left_s=row["window_left_s"],
                      retry_after_s=row["retry_after_s"], cleaned=row["cleaned"])
 
