@@ -52,6 +52,12 @@ BEGIN
     IF p_limit < 1 OR p_period_s < 1 OR p_wanted < 1 THEN
         RAISE EXCEPTION 'lease_webhook_budget: limit, period and wanted must be positive' USING ERRCODE = '22023';
     END IF;
+    IF p_returned > 0 THEN
+        UPDATE webhook_rate_windows w SET granted = greatest(0, w.granted - p_returned)
+         WHERE (w.vendor, w.shop, w.period_s, w.window_no) = (p_vendor, p_shop, p_period_s, p_return_window);
+    END IF;
+    -- Rows are locked oldest window first (the return, then the current window) and
+    -- cleaning skips rows another lease holds: leases wait for one another, never in a cycle.
     IF p_clean_at_most > 0 THEN
         WITH doomed AS (
             SELECT vendor, shop, period_s, window_no FROM webhook_rate_windows
@@ -61,10 +67,6 @@ BEGIN
         DELETE FROM webhook_rate_windows w USING doomed d
          WHERE (w.vendor, w.shop, w.period_s, w.window_no) = (d.vendor, d.shop, d.period_s, d.window_no);
         GET DIAGNOSTICS v_cleaned = ROW_COUNT;
-    END IF;
-    IF p_returned > 0 THEN
-        UPDATE webhook_rate_windows w SET granted = greatest(0, w.granted - p_returned)
-         WHERE (w.vendor, w.shop, w.period_s, w.window_no) = (p_vendor, p_shop, p_period_s, p_return_window);
     END IF;
     -- Locks the current window's row (creating it) until the lease commits.
     INSERT INTO webhook_rate_windows AS w (vendor, shop, period_s, window_no, granted, expires_at)
