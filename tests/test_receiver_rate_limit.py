@@ -110,6 +110,22 @@ def test_a_refusal_is_remembered_until_there_is_room_again():
     run(scenario())
 
 
+def test_after_a_refusal_the_budget_in_hand_is_spent_without_asking_again():
+    lease, clock = ScriptedLease(granting(8)), Clock()
+    budgets = ShopBudgets("600/minute", lease, clock=clock)
+
+    async def scenario():
+        for _ in range(6):  # 2 left, a quarter: ask in advance, refused
+            assert await budgets.admit("shopmonkey", "a") is None
+        lease.answer = lambda request: Grant(granted=0, window=7, window_left_s=30.0, retry_after_s=20.0)
+        await settle()
+        assert [await budgets.admit("shopmonkey", "a") for _ in range(3)] == [None, None, pytest.approx(20.0)]
+        await settle()
+        assert len(lease.requests) == 2
+
+    run(scenario())
+
+
 def test_requests_that_find_no_budget_share_one_lease():
     lease, clock = ScriptedLease(granting(3)), Clock()
     budgets = ShopBudgets("600/minute", lease, clock=clock)

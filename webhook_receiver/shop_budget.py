@@ -121,7 +121,7 @@ class ShopBudgets:
             now = self._clock()
             if budget.tokens > 0 and now < budget.expires:
                 budget.tokens -= 1
-                if budget.tokens <= budget.low_water and budget.pending is None:
+                if budget.tokens <= budget.low_water and budget.pending is None and now >= budget.refused_until:
                     self._start_renewal(key, budget)  # in advance: nobody waits for it
                 return None
             if now < budget.refused_until:
