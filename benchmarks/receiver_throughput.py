@@ -88,6 +88,10 @@ def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
              f"/webhooks/shopmonkey/{shop.slug}"], capture_output=True, text=True, check=True).stdout
         result = parse_wrk(out)
         result["raw"] = out
+        if name == "receiver":  # the rate limit's statements, to compare with the requests
+            leases = re.findall(r'^lead_webhook_rate_leases_total\{result="(\w+)"\} ([\d.e+]+)$',
+                                httpx.get(f"{base}/metrics", timeout=5).text, re.M)
+            result["leases"] = int(sum(float(n) for _, n in leases))
         return result
     finally:
         stop(proc)
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                                           (shop.id,)).fetchone()[0]
                 acked = r["requests"] - r["non2xx"]
                 say(f"receiver: {acked} acknowledged, {stored} stored in the inbox"
-                    f" ({'all committed' if stored >= acked else 'MISSING EVENTS'})")
+                    f" ({'all committed' if stored >= acked else 'MISSING EVENTS'});"
+                    f" {r['leases']} rate-limit leases from PostgreSQL")
         if "bare" in results and "receiver" in results:
             ratio = results["receiver"]["rps"] / results["bare"]["rps"]
             vs_naive = results["receiver"]["rps"] / results["naive"]["rps"] if "naive" in results else float("nan")

@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         try:
             yield
         finally:
+            await app.rate_budgets.close()
             await app.state.inbox_writer.stop()
             if owned:
                 app.state.db.close()
