@@ -7,6 +7,7 @@ same way (uvicorn, one process) and loaded by wrk from a separate process over l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import shutil
 import subprocess
@@ -51,6 +52,24 @@ def parse_wrk(text: str) -> dict:
     errors = re.search(r"Socket errors: (.*)", text)
     return {"rps": rps, "requests": total, "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "p50_ms": pct.get(50), "p99_ms": pct.get(99), "socket_errors": errors.group(1) if errors else ""}
+
+
+def guard_cost_us(calls: int = 200_000) -> float:
+    """CPU time per request of the per-shop rate limit alone, budget in hand (what every
+    webhook pays; a lease, once per many requests, is not in it)."""
+    from webhook_receiver.shop_budget import Grant, ShopBudgets
+
+    async def lease(request):
+        return Grant(granted=request.wanted, window=1, window_left_s=3600.0, retry_after_s=0.0)
+
+    async def spend() -> float:
+        budgets = ShopBudgets("10000000/minute", lease)
+        started = time.process_time()
+        for _ in range(calls):
+            await budgets.admit("shopmonkey", "a-shop")
+        return (time.process_time() - started) / calls * 1e6
+
+    return asyncio.run(spend())
 
 
 def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         say("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run again")
         return 2
     say(f"machine: {machine()}")
+    say(f"rate-limit guard alone: {guard_cost_us():.2f} µs of CPU per request")
     server, url = start_database()
     workdir = Path(tempfile.mkdtemp(prefix="lead-bench-receiver-"))
     try:

@@ -50,6 +50,11 @@ def granting(n: int, window: int = 7, left: float = 30.0):
     return lambda request: Grant(granted=min(n, request.wanted), window=window, window_left_s=left, retry_after_s=0)
 
 
+def scripted(rate: str, answer) -> tuple[ShopBudgets, ScriptedLease, Clock]:
+    lease, clock = ScriptedLease(answer), Clock()
+    return ShopBudgets(rate, lease, clock=clock), lease, clock
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -62,8 +67,7 @@ async def settle() -> None:
 # --- bookkeeping, without I/O --------------------------------------------------------
 
 def test_leased_requests_are_spent_from_memory_and_renewed_before_they_run_out():
-    lease, clock = ScriptedLease(granting(1000)), Clock()
-    budgets = ShopBudgets("800/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("800/minute", granting(1000))
     assert (budgets.limit, budgets.period_s, budgets.lease_size) == (800, 60, 100)
 
     async def scenario():
@@ -93,8 +97,7 @@ def test_leased_requests_are_spent_from_memory_and_renewed_before_they_run_out()
 
 def test_a_refusal_is_remembered_until_there_is_room_again():
     refused = lambda request: Grant(granted=0, window=7, window_left_s=10.0, retry_after_s=12.5)  # noqa: E731
-    lease, clock = ScriptedLease(refused), Clock()
-    budgets = ShopBudgets("5/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("5/minute", refused)
 
     async def scenario():
         assert await budgets.admit("twilio", "a") == pytest.approx(12.5)
@@ -111,8 +114,7 @@ def test_a_refusal_is_remembered_until_there_is_room_again():
 
 
 def test_after_a_refusal_the_budget_in_hand_is_spent_without_asking_again():
-    lease, clock = ScriptedLease(granting(8)), Clock()
-    budgets = ShopBudgets("600/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("600/minute", granting(8))
 
     async def scenario():
         for _ in range(6):  # 2 left, a quarter: ask in advance, refused
@@ -127,8 +129,7 @@ def test_after_a_refusal_the_budget_in_hand_is_spent_without_asking_again():
 
 
 def test_requests_that_find_no_budget_share_one_lease():
-    lease, clock = ScriptedLease(granting(3)), Clock()
-    budgets = ShopBudgets("600/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("600/minute", granting(3))
 
     async def scenario():
         lease.gate = asyncio.Event()
@@ -143,8 +144,7 @@ def test_requests_that_find_no_budget_share_one_lease():
 
 
 def test_budget_unused_when_its_window_ends_goes_back_with_the_next_lease():
-    lease, clock = ScriptedLease(granting(100, window=7, left=5.0)), Clock()
-    budgets = ShopBudgets("6000/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("6000/minute", granting(100, window=7, left=5.0))
 
     async def scenario():
         for _ in range(10):
@@ -163,8 +163,7 @@ def test_budget_unused_when_its_window_ends_goes_back_with_the_next_lease():
 
 def test_without_budget_a_lease_error_reaches_the_request_and_the_next_request_tries_again():
     down = psycopg.OperationalError("the database is unreachable")
-    lease, clock = ScriptedLease(lambda request: down), Clock()
-    budgets = ShopBudgets("600/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("600/minute", lambda request: down)
 
     async def scenario():
         with pytest.raises(psycopg.OperationalError):
@@ -176,8 +175,7 @@ def test_without_budget_a_lease_error_reaches_the_request_and_the_next_request_t
 
 
 def test_a_failed_lease_in_advance_leaves_the_budget_in_hand():
-    lease, clock = ScriptedLease(granting(4)), Clock()
-    budgets = ShopBudgets("600/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("600/minute", granting(4))
 
     async def scenario():
         assert await budgets.admit("shopmonkey", "a") is None  # 3 left; a quarter of 4 is 1
@@ -192,8 +190,7 @@ def test_a_failed_lease_in_advance_leaves_the_budget_in_hand():
 
 
 def test_expired_rows_are_cleaned_with_one_lease_a_minute():
-    lease, clock = ScriptedLease(granting(1)), Clock()
-    budgets = ShopBudgets("5/minute", lease, clock=clock)
+    budgets, lease, clock = scripted("5/minute", granting(1))
 
     async def scenario():
         for shop in ("a", "b", "c"):
