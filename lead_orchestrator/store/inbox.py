@@ -7,6 +7,7 @@ is parked or dead revives that event (back to pending, counters reset)."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 
 import psycopg
@@ -45,9 +46,12 @@ class NewEvent:
     updated_date: str | None
     payload_json: str
     webhook_id: str | None = None
+    key: str | None = None  # a CRM hint's own key (from_hint); else the ShopMonkey key below
 
     @property
     def dedup_key(self) -> str:
+        if self.key is not None:
+            return self.key
         key = f"{self.table}:{self.object_id}:{self.updated_date or ''}"
         # A delete may carry the same updatedDate as the last update; keep it distinct.
         return key + ":DELETE" if self.operation == "DELETE" else key
@@ -71,6 +75,20 @@ class NewEvent:
                  webhook_id: str | None = None) -> "NewEvent":
         return cls(source, operation, table, str(data.get("id")), data.get("updatedDate"),
                    json.dumps(payload, separators=(",", ":")), webhook_id)
+
+
+    @classmethod
+    def from_hint(cls, hint, *, source: str, payload_json: str, webhook_id: str | None = None) -> "NewEvent":
+        """A CRM's change hint (`crm.base.ChangeHint`) as an inbox event. Its key is the
+        hint's (crm, estimate, version), which is the polled estimate's for the same change,
+        so a duplicate or a late webhook and the poll's sighting are stored once. A hint
+        without a version (e.g. "a payment was made on order N") only says "look again":
+        each is kept (a unique key), as the estimate may have changed since the last one."""
+        from lead_orchestrator.crm.base import ChangeKind, utc_iso
+
+        key = hint.dedup_key if hint.updated_at is not None else f"{hint.dedup_key}:{uuid.uuid4().hex}"
+        return cls(source, "DELETE" if hint.kind is ChangeKind.DELETED else "UPDATE", "order", hint.estimate_id,
+                   utc_iso(hint.updated_at) if hint.updated_at is not None else None, payload_json, webhook_id, key)
 
 
 def insert_event(conn: psycopg.Connection, event: NewEvent) -> int | None:
