@@ -12,7 +12,7 @@ from lead_orchestrator.messaging.reply_address import reply_address
 from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.settings import TEKMETRIC_REAL_URL
-from lead_orchestrator.store.shops import Shop, TekmetricApp
+from lead_orchestrator.store.shops import Shop, TekmetricCredentials
 
 
 class MissingCredentials(RuntimeError):
@@ -39,12 +39,20 @@ class Vendors:
         return self._cached(("sm", shop.id, key, pacer is not None),
                             lambda: ShopMonkeyClient(self.shopmonkey_base_url, key, pacer=pacer))
 
-    def tekmetric(self, app: TekmetricApp) -> TekmetricClient:
-        """The partner app's client: one per process, shared by every shop and thread (the
-        app's token, and its hold-back after a 429, are the app's, not a shop's). Its
-        limiter keeps this process under the app's per-minute budget; sharing that
-        budget between processes is the per-app limiter's hook (TekmetricClient(limiter=)),
-        docs/tekmetric.md "The request budget"."""
+    def tekmetric(self, shop: Shop) -> TekmetricClient:
+        """The client of the deployment's Tekmetric partner app (the shop carries it): one
+        per process, shared by every shop and thread, since the app's token and its
+        hold-back after a 429 are the app's, not a shop's. Its limiter keeps this process
+        under the app's per-minute budget; sharing that budget between processes is the
+        per-app limiter's hook (TekmetricClient(limiter=)), docs/tekmetric.md "The request
+        budget"."""
+        credentials = shop.credentials
+        if not isinstance(credentials, TekmetricCredentials) or credentials.shop_id is None:
+            raise MissingCredentials(f"shop {shop.slug} has no Tekmetric shop id")
+        app = credentials.app
+        if app is None:
+            raise MissingCredentials("no Tekmetric partner app is configured for this deployment "
+                                     "(`lead-orchestrator crm-app set tekmetric --client-id … --client-secret …`)")
         secret = app.client_secret.get_secret_value()
         return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret),
                             lambda: TekmetricClient(self.tekmetric_base_url, app.client_id, secret))
