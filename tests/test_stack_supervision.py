@@ -22,7 +22,7 @@ import pytest
 from tests.support import free_port, wait_for
 
 STACK_ENV_DROPPED = ("DATABASE_URL", "TEST_DATABASE_URL", "DAGSTER_HOME", "PUBLIC_BASE_URL", "LEAD_VENDORS",
-                     "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL")
+                     "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL", "TEKMETRIC_BASE_URL")
 
 
 class Stack:
@@ -62,7 +62,8 @@ def answers(url: str) -> bool:
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack")
     ports = {"RECEIVER_PORT": free_port(), "DAGSTER_PORT": free_port(), "SHOPMONKEY_STANDIN_PORT": free_port(),
-             "TWILIO_STANDIN_PORT": free_port(), "SENDGRID_STANDIN_PORT": free_port()}
+             "TWILIO_STANDIN_PORT": free_port(), "SENDGRID_STANDIN_PORT": free_port(),
+             "TEKMETRIC_STANDIN_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROPPED}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(LEAD_DATA_DIR=str(home / "data"), RESTART_MAX_DELAY_SECONDS="2")
