@@ -133,16 +133,18 @@ def _replace_file(path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")
+@main.command(help="Run the local ShopMonkey, Tekmetric, Twilio and SendGrid stand-ins alone.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--shopmonkey-port", default=8701, show_default=True)
 @click.option("--twilio-port", default=8702, show_default=True)
 @click.option("--sendgrid-port", default=8703, show_default=True)
-def standins(host: str, shopmonkey_port: int, twilio_port: int, sendgrid_port: int) -> None:
+@click.option("--tekmetric-port", default=8704, show_default=True)
+def standins(host: str, shopmonkey_port: int, twilio_port: int, sendgrid_port: int, tekmetric_port: int) -> None:
     from standins.__main__ import main as run_standins
 
     run_standins(["--host", host, "--shopmonkey-port", str(shopmonkey_port),
-                  "--twilio-port", str(twilio_port), "--sendgrid-port", str(sendgrid_port)])
+                  "--twilio-port", str(twilio_port), "--sendgrid-port", str(sendgrid_port),
+                  "--tekmetric-port", str(tekmetric_port)])
 
 
 # --- shops ------------------------------------------------------------------------------

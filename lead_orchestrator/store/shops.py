@@ -137,6 +137,13 @@ class Shop(BaseModel):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)
 
+    def credentials_fix(self) -> str:
+        """How an operator replaces what the shop's CRM refused or lacks (for `why`, `status`)."""
+        if self.crm == "tekmetric":
+            return (f"`./dev cli crm-app set tekmetric --client-id … --client-secret …` (the partner app), or "
+                    f"`./dev cli shops update {self.slug} --tekmetric-shop-id …`")
+        return f"`./dev cli shops update {self.slug} --shopmonkey-api-key …`"
+
     @property
     def shopmonkey_api_key(self) -> SecretStr | None:
         return self.credentials.api_key if isinstance(self.credentials, ShopMonkeyCredentials) else None
