@@ -15,24 +15,20 @@ rate limit counts per URL, that is per shop.
 """
 from __future__ import annotations
 
-import logging
-
-import psycopg
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from lead_orchestrator import redaction
 from lead_orchestrator.crm.base import InvalidWebhook
 from lead_orchestrator.crm.registry import webhook_reader_for
-from lead_orchestrator.store.db import is_connection_error
 from lead_orchestrator.store.inbox import NewEvent
 from webhook_receiver import metrics
-from webhook_receiver.deps import database_unavailable, read_limited_body, shop_for_tekmetric_token
+from webhook_receiver.deps import read_limited_body, shop_for_tekmetric_token
 from webhook_receiver.errors import ApiError
 from webhook_receiver.models import ErrorBody, TekmetricAnswer
 from webhook_receiver.payloads import PayloadError, parse_json_object
+from webhook_receiver.stored_answer import store_and_answer
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks/tekmetric", tags=["tekmetric"])
 
 _ERRORS = {s: {"model": ErrorBody} for s in (400, 401, 413, 422, 429, 503)}
@@ -91,15 +87,4 @@ async def receive_tekmetric_webhook(request: Request, token: str = Path(min_leng
     except PayloadError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     event = NewEvent.from_hint(hint, source="webhook", payload_json=text)
-    try:
-        event_id = await request.app.state.inbox_writer.store(shop.id, event)
-    except psycopg.Error as exc:
-        if not is_connection_error(exc):
-            log.exception("could not store a Tekmetric webhook for shop %s", shop.slug)
-        _COUNT["unavailable"].inc()
-        raise database_unavailable() from None
-    if event_id is None:
-        _COUNT["duplicate"].inc()
-        return JSONResponse({"status": "duplicate", "event_id": None}, status_code=200)
-    _COUNT["accepted"].inc()
-    return JSONResponse({"status": "accepted", "event_id": event_id}, status_code=202)
+    return await store_and_answer(request, shop, event, _COUNT, "Tekmetric")
