@@ -52,10 +52,10 @@ def by(rows: list[dict], key: str) -> dict:
 
 
 def test_the_views_return_exactly_what_the_tables_hold(analyst, admin):
-    shops = admin.execute("SELECT id, slug, name, time_zone, active FROM tenants").fetchall()
-    assert sorted((r["shop_id"], r["shop"], r["name"], r["time_zone"], r["active"]) for r in
+    shops = admin.execute("SELECT id, slug, name, time_zone, active, crm FROM tenants").fetchall()
+    assert sorted((r["shop_id"], r["shop"], r["name"], r["time_zone"], r["active"], r["crm"]) for r in
                   analyst.execute("SELECT * FROM analytics.shops").fetchall()) == sorted(
-        (r["id"], r["slug"], r["name"], r["time_zone"], r["active"]) for r in shops)
+        (r["id"], r["slug"], r["name"], r["time_zone"], r["active"], r["crm"]) for r in shops)
 
     touches = admin.execute("SELECT * FROM touches").fetchall()
     messages = by(analyst.execute("SELECT * FROM analytics.messages").fetchall(), "message_id")
