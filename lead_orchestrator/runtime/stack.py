@@ -42,6 +42,7 @@ DEMO_SLUG = "demo"
 TEKMETRIC_DEMO_SLUG = "demo-tekmetric"
 TEKMETRIC_DEMO_SHOP_ID = 7001  # the demo shop's id in the Tekmetric stand-in
 TEKMETRIC_DEMO_APP_ID = "demo-partner-app"
+DEMO_SLUGS = (DEMO_SLUG, TEKMETRIC_DEMO_SLUG)
 VENDOR_LABELS = {"shopmonkey": "ShopMonkey", "tekmetric": "Tekmetric", "twilio": "Twilio", "sendgrid": "SendGrid"}
 # vendor -> (Settings field, environment variable) of its base URL
 VENDOR_URL_SETTINGS = {"shopmonkey": ("shopmonkey_base_url", "SHOPMONKEY_BASE_URL"),
@@ -135,11 +136,10 @@ def dagster_storage_url(database_url: str, embedded) -> str:
     return sqlalchemy_psycopg2_url(url)
 
 
-def _demo_messaging(phone: str) -> dict:
+def _demo_messaging(phone: str, email: str) -> dict:
     """Stand-in Twilio and SendGrid accounts for a demo shop, answering at any hour."""
     return dict(twilio_account_sid="AC" + secrets.token_hex(16), twilio_auth_token=secrets.token_hex(16),
-                twilio_sender=phone, sendgrid_api_key="SG." + secrets.token_urlsafe(24),
-                sendgrid_sender="service@demo-auto.example",
+                twilio_sender=phone, sendgrid_api_key="SG." + secrets.token_urlsafe(24), sendgrid_sender=email,
                 # Demo: answer at any hour, so the first touch is visible at once.
                 send_window_start="00:00", send_window_end="23:59:59", settings={"holiday_country": None})
 
@@ -154,7 +154,7 @@ def ensure_demo_shop(database_url: str) -> dict:
                 postal_address="100 Congress Ave, Austin, TX 78701",
                 shopmonkey_api_key="demo-" + secrets.token_hex(12),
                 webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
-                **_demo_messaging("+15125550100"),
+                **_demo_messaging("+15125550100", "service@demo-auto.example"),
             ))
     return {"shop": shop, "sm_key": shop.shopmonkey_api_key.get_secret_value(),
             "secret": shop.webhook_secret.get_secret_value()}
@@ -173,7 +173,7 @@ def ensure_tekmetric_demo_shop(database_url: str) -> dict:
             create_shop(conn, TEKMETRIC_DEMO_SLUG, "Demo Brakes (Tekmetric)", ShopChanges(
                 crm="tekmetric", tekmetric_shop_id=TEKMETRIC_DEMO_SHOP_ID, time_zone="America/Denver",
                 shop_phone="+13035550199", postal_address="1600 Champa St, Denver, CO 80202",
-                **_demo_messaging("+13035550100"),
+                **_demo_messaging("+13035550100", "service@demo-brakes.example"),
             ))
         token = new_tekmetric_webhook_token(conn, TEKMETRIC_DEMO_SLUG)
         shop = get_shop(conn, TEKMETRIC_DEMO_SLUG)
@@ -238,10 +238,8 @@ def say_email_replies(settings: Settings, domain: str | None) -> None:
 @dataclass(frozen=True)
 class DemoEstimate:
     crm: str
-    slug: str
+    shop: object  # store.shops.Shop: its Twilio and SendGrid senders tell its messages apart
     order_id: str
-    phone: str  # E.164: what the Twilio stand-in's outbox shows
-    email: str
 
 
 def create_demo_estimate(demo: dict, urls: dict[str, str]) -> DemoEstimate:
@@ -250,51 +248,44 @@ def create_demo_estimate(demo: dict, urls: dict[str, str]) -> DemoEstimate:
         "customer": {"firstName": "Dana", "lastName": "Lopez"},
     })
     response.raise_for_status()
-    made = response.json()
-    customer = made["customer"]
-    return DemoEstimate("ShopMonkey", DEMO_SLUG, made["order"]["id"], customer["phoneNumbers"][0]["number"],
-                        customer["emails"][0]["email"])
+    return DemoEstimate("ShopMonkey", demo["shop"], response.json()["order"]["id"])
 
 
 def create_tekmetric_demo_estimate(demo: dict, urls: dict[str, str]) -> DemoEstimate:
-    from lead_orchestrator.domain.contact_points import normalize_phone
-
     response = httpx.post(f"{urls['tekmetric']}/_standin/orders", timeout=10, json={
         "shop_id": demo["shop"].credentials.shop_id, "customer": {"firstName": "Sam", "lastName": "Ortiz"},
     })
     response.raise_for_status()
-    made = response.json()
-    customer = made["customer"]  # Tekmetric keeps numbers as typed ("303-555-0123")
-    return DemoEstimate("Tekmetric", TEKMETRIC_DEMO_SLUG, str(made["order"]["id"]),
-                        normalize_phone(customer["phone"][0]["number"]) or "", customer["email"])
+    return DemoEstimate("Tekmetric", demo["shop"], str(response.json()["order"]["id"]))
 
 
 def wait_for_first_touches(urls: dict[str, str], estimates: list[DemoEstimate], since: float,
                            supervisor: Supervisor, stop: threading.Event, timeout: float = 60.0) -> None:
-    """Waits until each demo estimate's customer got an SMS and an email at the stand-ins."""
+    """Waits until each demo shop's SMS and email reached the stand-ins (the demo shops
+    send from senders of their own)."""
     got: dict[tuple[str, str], float] = {}
 
-    def outbox(name: str) -> list[dict]:
-        try:
-            return httpx.get(f"{urls[name]}/_outbox.json", timeout=2).json()  # what the vendor accepted
+    def senders(name: str) -> set[str]:
+        try:  # what the vendor accepted
+            return {m.get("from") for m in httpx.get(f"{urls[name]}/_outbox.json", timeout=2).json()}
         except (httpx.HTTPError, ValueError):
-            return []
+            return set()
 
     def arrived() -> bool:
-        texts, mails = outbox("twilio"), outbox("sendgrid")
+        texts, mails = senders("twilio"), senders("sendgrid")
         for estimate in estimates:
-            for channel, found in (("SMS", any(m.get("to") == estimate.phone for m in texts)),
-                                   ("email", any(estimate.email in (m.get("to") or []) for m in mails))):
+            for channel, found in (("SMS", estimate.shop.twilio_sender in texts),
+                                   ("email", estimate.shop.sendgrid_sender in mails)):
                 if found:
-                    got.setdefault((estimate.slug, channel), time.monotonic() - since)
+                    got.setdefault((estimate.crm, channel), time.monotonic() - since)
         return len(got) == 2 * len(estimates)
 
     supervisor.wait_until(arrived, timeout, stop, interval=0.25)
     for estimate in estimates:
         for channel, name in (("SMS", "twilio"), ("email", "sendgrid")):
-            if (estimate.slug, channel) in got:
+            if (estimate.crm, channel) in got:
                 say(f"demo {channel} for the {estimate.crm} estimate reached the {name} stand-in "
-                    f"{got[(estimate.slug, channel)]:.1f}s after the estimates were created")
+                    f"{got[(estimate.crm, channel)]:.1f}s after the estimates were created")
             else:
                 say(f"no demo {channel} for the {estimate.crm} estimate yet after {timeout:.0f}s: see "
                     f"{urls[name]}/_outbox and the Dagster UI runs")
@@ -335,15 +326,14 @@ def say_vendors(choice: VendorChoice, shops: list) -> None:
         say(f"vendors: real ({choice.reason})")
     for name, url in choice.urls.items():
         print(f"      {VENDOR_LABELS[name]:<11} {url}", flush=True)
-    others = [s.slug for s in shops if s.slug != DEMO_SLUG]
+    others = [s.slug for s in shops if s.slug not in DEMO_SLUGS]
     if choice.standins and others:
         say(f"note: shops {', '.join(others)} talk to the stand-ins in this mode, not to their real accounts")
-    demo = next((s for s in shops if s.slug == DEMO_SLUG and s.active), None)
     if not choice.standins:
         say(f"shops: {', '.join(s.slug for s in shops if s.active) or '(none active yet)'}")
-        if demo is not None:
-            say("warning: the demo shop is active and has only stand-in accounts; it fails against the real "
-                f"vendors (`./dev cli shops update {DEMO_SLUG} --inactive`)")
+        for demo in (s for s in shops if s.slug in DEMO_SLUGS and s.active):
+            say(f"warning: the demo shop {demo.slug} is active and has only stand-in accounts; it fails against the "
+                f"real vendors (`./dev cli shops update {demo.slug} --inactive`)")
 
 
 def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
@@ -449,7 +439,7 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
                 else:
                     for estimate in estimates:
                         say(f"created demo estimate {estimate.order_id} in the {estimate.crm} stand-in (shop "
-                            f"{estimate.slug}); it sends a webhook")
+                            f"{estimate.shop.slug}); it sends a webhook")
                     wait_for_first_touches(urls, estimates, started, supervisor, stop)
                     say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
                         """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """

@@ -25,7 +25,7 @@ import httpx
 
 from lead_orchestrator.crm.errors import CrmError, CrmRateLimited, CrmUnauthorized
 from lead_orchestrator.crm.pace import pacer_for
-from lead_orchestrator.store.inbox import release_parked_events, store_event
+from lead_orchestrator.store.inbox import NewEvent, insert_event, release_parked_events
 from lead_orchestrator.store.shops import load_shop
 from lead_orchestrator.services.shop_clients import MissingCredentials
 
@@ -201,26 +201,26 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_dead
     result.since = window_start(watermark, connected_at["created_at"], shop.max_lead_age_days, now, config.overlap)
 
     try:
-        client = vendors.shopmonkey(shop, http=http, pacer=pacer_for(db, shop))
+        adapter = vendors.crm_adapter(shop, http=http, pacer=pacer_for(db, shop))
     except MissingCredentials as exc:
         return _record_failure(db, result, exc, errors, now)
     try:
-        scan = client.scan_orders_updated_since(result.since, deadline=deadline)
+        scan = adapter.changes_since(result.since, deadline=deadline)
     except CrmError as exc:
-        result.requests = client.requests_made
+        result.requests = exc.requests or 0
         return _record_failure(db, result, exc, errors, now)
 
-    result.requests, result.received, result.kept = scan.requests, scan.received, len(scan.rows)
+    kept = len(scan.estimates)
+    received = scan.received if scan.received is not None else kept
+    result.requests, result.received, result.kept = scan.requests, received, kept
     floor = watermark if watermark is not None else result.since + config.overlap
     # The watermark moves only as far as the reading is complete (an interrupted scan
     # stops at its last full page), and never past our own clock: a row stamped in the
     # future must not hide later changes.
     result.watermark = min(max(floor, scan.read_below or floor), now)
     with db.tenant_tx(tenant_id) as conn:
-        for row in scan.rows:
-            operation = "DELETE" if row.get("deleted") else "UPDATE"
-            payload = {"apiVersion": "3", "operation": operation, "table": "order", "data": row}
-            if store_event(conn, source="poll", operation=operation, table="order", data=row, payload=payload):
+        for estimate in scan.estimates:
+            if insert_event(conn, NewEvent.from_estimate(estimate, source="poll")):
                 result.stored += 1
         if scan.error is None:
             conn.execute(
@@ -232,7 +232,7 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_dead
                        last_polled_at = EXCLUDED.last_polled_at, last_success_at = EXCLUDED.last_success_at,
                        consecutive_errors = 0, health = 'ok', next_poll_at = NULL,
                        last_rows_received = EXCLUDED.last_rows_received, last_rows_kept = EXCLUDED.last_rows_kept""",
-                {"wm": result.watermark, "now": now, "received": scan.received, "kept": len(scan.rows)},
+                {"wm": result.watermark, "now": now, "received": received, "kept": kept},
             )
             # The key works: whatever waited for it goes back to the queue now.
             result.released = release_parked_events(conn)
@@ -245,9 +245,9 @@ def poll_shop(db, vendors, tenant_id: int, *, http, now: dt.datetime, cycle_dead
         return _record_failure(db, result, scan.error, errors, now)
     if result.released:
         log.info("shop %s: its CRM key works again; %s parked events released", shop.slug, result.released)
-    if scan.received > 2 * len(scan.rows) + 100:
-        log.warning("shop %s: ShopMonkey returned %s rows for a window holding %s; is the filter ignored?",
-                    shop.slug, scan.received, len(scan.rows))
+    if received > 2 * kept + 100:
+        log.warning("shop %s: its CRM returned %s rows for a window holding %s; is the filter ignored?",
+                    shop.slug, received, kept)
     return result
 
 

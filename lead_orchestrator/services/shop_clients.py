@@ -1,14 +1,18 @@
 """Builds per-shop vendor clients from a shop's credentials and the deployment's base
-URLs, and the public URLs the vendors call back (status callbacks, unsubscribe) and the
-addresses customers reply to (docs/replies.md)."""
+URLs (the shop's CRM adapter through `crm.registry`), and the public URLs the vendors
+call back (status callbacks, unsubscribe) and the addresses customers reply to
+(docs/replies.md)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from itsdangerous import URLSafeSerializer
 
 from lead_orchestrator.messaging.senders import SendGridSender, TwilioSender
 from lead_orchestrator.messaging.reply_address import reply_address
+from lead_orchestrator.crm import registry
+from lead_orchestrator.crm.base import CrmAdapter
 from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.settings import TEKMETRIC_REAL_URL
@@ -30,6 +34,7 @@ class Vendors:
     send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
     tekmetric_base_url: str = TEKMETRIC_REAL_URL
     _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
         """`pacer`: the shop's crm_pace.CrmPacer (shared by every caller in every process)."""
@@ -56,6 +61,11 @@ class Vendors:
         secret = app.client_secret.get_secret_value()
         return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret),
                             lambda: TekmetricClient(self.tekmetric_base_url, app.client_id, secret))
+
+    def crm_adapter(self, shop: Shop, *, pacer=None, http=None) -> CrmAdapter:
+        """The shop's CRM behind the port (crm.registry picks it by the shop's CRM);
+        `pacer` and `http` as for `shopmonkey`. MissingCredentials as the clients raise it."""
+        return registry.adapter_for(shop, self, pacer=pacer, http=http)
 
     def sms(self, shop: Shop) -> TwilioSender:
         token = _secret(shop, "twilio_auth_token")
@@ -89,9 +99,12 @@ class Vendors:
         return reply_address(self.secret_key, self.inbound_parse_domain, shop.id, lead_id)
 
     def _cached(self, key, build):
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        # Workers ask for the same shop's client at once at the start of a burst: build
+        # each client once, not once per worker that missed the cache.
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     def close(self) -> None:
         for client in self._cache.values():

@@ -131,7 +131,7 @@ _REACH_NOTES = {
     "no_phone": "no phone number on file", "no_opt_in": "no SMS opt-in", "invalid_number": "invalid number",
     "prefers_email": "the customer prefers email", "no_email": "no email address on file",
     "unsubscribed": "not subscribed to email", "invalid_address": "invalid email address",
-    "prefers_sms": "the customer prefers SMS",
+    "prefers_sms": "the customer prefers SMS", "no_primary": "several on file, none marked primary",
 }
 
 

@@ -32,7 +32,8 @@ class TekmetricAdapter:
         self.shop_id = str(shop_id)
         self._webhook_token_sha256 = webhook_token_sha256
 
-    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None) -> Estimate:
+    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None,
+                       hint: ChangeHint | None = None) -> Estimate:
         self._need_client()
         order = self.client.get(f"/repair-orders/{_path_id(estimate_id)}", deadline=deadline)
         estimate = parse_repair_order(order)
