@@ -62,10 +62,6 @@ FORBIDDEN = {"lead_orchestrator.store": {"lead_orchestrator.services", "lead_orc
 ALLOWED_IMPORTS = {
     ("lead_orchestrator.domain.messages", "lead_orchestrator.store.shops"):
         "messages.py types its `shop` argument with store.shops.Shop (the shop's name, phone, address)",
-    ("lead_orchestrator.store.shops", "lead_orchestrator.services.replay"):
-        "update_shop releases parked events when a shop's CRM key changes (a lazy import)",
-    ("lead_orchestrator.store.setup", "lead_orchestrator.runtime.embedded_pg"):
-        "database_url_for starts the embedded PostgreSQL for a command",
 }
 
 

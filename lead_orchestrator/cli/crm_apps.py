@@ -11,7 +11,7 @@ import psycopg
 from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.crm_apps import APP_CRMS, get_crm_app, set_crm_app
 from lead_orchestrator.store.migrations import apply_migrations
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 
 WEBHOOK_PATH = "/webhooks/tekmetric/"
 

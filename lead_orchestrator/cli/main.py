@@ -8,7 +8,7 @@ import click
 import psycopg
 from pydantic import ValidationError
 
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.settings import ConfigError, get_settings
 from lead_orchestrator.store.shops import (CRMS, SECRET_FIELDS, ShopCannotSend, ShopChanges, ShopWrongCrm, create_shop,
@@ -289,7 +289,7 @@ def shops_show(slug: str) -> None:
             shop = get_shop(conn, slug)
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
-    from lead_orchestrator.messaging.email_replies import reply_setup
+    from lead_orchestrator.services.email_replies import reply_setup
 
     click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(get_settings(), shop)}, indent=2))
 

@@ -32,7 +32,7 @@ import psycopg
 
 from lead_orchestrator.store.db import is_connection_error, short_reason
 from lead_orchestrator.services.ingest import EventResult, claim_events, process_event, release_event
-from lead_orchestrator.messaging.send_reconcile import start_send_reconciler
+from lead_orchestrator.services.send_reconcile import start_send_reconciler
 
 log = logging.getLogger(__name__)
 

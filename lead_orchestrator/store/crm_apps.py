@@ -15,6 +15,7 @@ from __future__ import annotations
 import psycopg
 from pydantic import SecretStr
 
+from lead_orchestrator.store.inbox import release_after_new_credentials
 from lead_orchestrator.store.secret_box import SecretBox, default_box
 from lead_orchestrator.store.shops import TekmetricApp
 
@@ -25,8 +26,6 @@ def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secre
                 box: SecretBox | None = None) -> int:
     """Stores (or replaces) the CRM's partner app; the events its shops parked while the
     app was missing or refused go back to the queue. Returns how many were released."""
-    from lead_orchestrator.services.replay import credentials_changed
-
     if crm not in APP_CRMS:
         raise ValueError(f"only {', '.join(APP_CRMS)} has a partner app")
     client_id, client_secret = client_id.strip(), client_secret.strip()
@@ -39,7 +38,7 @@ def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secre
                             client_secret = EXCLUDED.client_secret, updated_at = now()""",
                      (crm, client_id, box.encrypt(client_secret)))
         tenants = [r["id"] for r in conn.execute("SELECT id FROM tenants WHERE crm = %s", (crm,)).fetchall()]
-        return sum(credentials_changed(conn, tenant_id) for tenant_id in tenants)
+        return sum(release_after_new_credentials(conn, tenant_id) for tenant_id in tenants)
 
 
 def get_crm_app(conn: psycopg.Connection, crm: str, box: SecretBox | None = None) -> TekmetricApp | None:

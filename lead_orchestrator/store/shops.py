@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from lead_orchestrator.store.inbox import release_after_new_credentials
 from lead_orchestrator.store.secret_box import SecretBox, default_box
 
 CRMS = ("shopmonkey", "tekmetric")
@@ -412,9 +413,7 @@ def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
         conn.execute(f"UPDATE tenants SET {sets}updated_at = now() WHERE id = %(id)s",
                      _adapt({**values, "id": current.id}))
         if _write_credentials(conn, current.id, crm, changes, box) or crm != current.crm:
-            from lead_orchestrator.services.replay import credentials_changed
-
-            credentials_changed(conn, current.id)
+            release_after_new_credentials(conn, current.id)
         return _by_id(conn, current.id, box)
 
 
