@@ -77,17 +77,6 @@ $$;
 REVOKE ALL ON FUNCTION crm_app_credentials(text), tenant_id_for_tekmetric_token(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION crm_app_credentials(text), tenant_id_for_tekmetric_token(text) TO lead_app;
 
--- The backup poll of this schema speaks ShopMonkey only: it must not take a Tekmetric
--- shop for a ShopMonkey shop without a key (that would mark it unauthorized and park its
--- events). The Tekmetric poll replaces this function when it comes (docs/tekmetric.md).
-CREATE OR REPLACE FUNCTION poll_due_tenant_ids(p_now timestamptz) RETURNS SETOF bigint
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
-    SELECT t.id
-      FROM tenants t LEFT JOIN poll_state p ON p.tenant_id = t.id
-     WHERE t.active AND t.crm = 'shopmonkey' AND (p.next_poll_at IS NULL OR p.next_poll_at <= p_now)
-     ORDER BY p.last_polled_at NULLS FIRST, t.id
-$$;
-
 -- Analysts see which CRM each shop runs (a new last column; the view's others unchanged).
 CREATE OR REPLACE VIEW analytics.shops WITH (security_invoker = false) AS
 SELECT t.id AS shop_id, t.slug AS shop, t.name, t.time_zone, t.active,

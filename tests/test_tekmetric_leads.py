@@ -5,8 +5,9 @@ repair order, customer and vehicle from the stand-in, Twilio and SendGrid stand-
 Duplicate and late webhooks make one lead, one SMS, one email; every status that ends an
 estimate ends the lead with its reason, Saved for Later does not; a phone as typed in
 Tekmetric is normalised; `okForMarketing` is not SMS consent either way, our opt-out
-ledger is; quiet hours defer; `why`, `preview` and the Dagster history and checks work
-for the shop; a refused partner app parks events until `crm-app set` releases them."""
+ledger is; the poll finds estimates and deletions whose webhooks were lost; quiet hours
+defer; `why`, `preview` and the Dagster history and checks work for the shop; a refused
+partner app parks events until `crm-app set` releases them."""
 from __future__ import annotations
 
 import datetime as dt
@@ -156,6 +157,28 @@ def test_ok_for_marketing_is_not_sms_consent_and_our_opt_out_ledger_is(db, vendo
     assert lead_of(admin, shop, again["order"]["id"]) is not None
     assert len(sms_to(standins, phone)) == 1  # opted out: no text for the new estimate either
     assert len(emails_to(standins, email)) == 2  # email was not opted out
+
+
+def test_the_poll_finds_what_the_webhooks_lost(db, vendors, standins, admin, shop):
+    from lead_orchestrator.services.poll import poll_cycle
+
+    standins.tekmetric.webhooks.set_faults(drop_next=2)  # some shops never get their webhooks
+    try:
+        made = standins.tekmetric.create_order(shop.credentials.shop_id, wait_webhook=True)
+        assert [d.dropped for d in made["deliveries"]] == [True]
+        first = poll_cycle(db, vendors, tenant_ids=[shop.id])
+        assert first.with_outcome("ok") and first.stored == 1
+        process_all(db, vendors)
+        lead = lead_of(admin, shop, made["order"]["id"])
+        assert (lead["status"], lead["source"]) == ("active", "poll")
+        assert len(sms_to(standins, phone_of(made))) == 1
+        # Deleted, and that webhook lost too: the poll's own deletion query sees it.
+        standins.tekmetric.delete_order(made["order"]["id"], wait_webhook=True)
+        poll_cycle(db, vendors, tenant_ids=[shop.id])
+        process_all(db, vendors)
+    finally:
+        standins.tekmetric.webhooks.reset()
+    assert (lead_of(admin, shop, made["order"]["id"])["status_reason"]) == "deleted"
 
 
 def test_quiet_hours_defer_the_first_touch(db, vendors, standins, admin, connected_shop):

@@ -358,7 +358,7 @@ def shop_from_row(row: dict[str, Any], box: SecretBox | None = None) -> Shop:
 
 
 def load_shop(conn: psycopg.Connection, tenant_id: int, box: SecretBox | None = None) -> Shop | None:
-    """Reads the current tenant's shop (RLS hides every other one)."""
+    """Reads the shop (in a tenant transaction, RLS hides every other one)."""
     row = conn.execute(f"{_SELECT} WHERE t.id = %s", (tenant_id,)).fetchone()
     return shop_from_row(row, box) if row else None
 
@@ -390,7 +390,7 @@ def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopCha
     with conn.transaction():
         row = conn.execute(f"INSERT INTO tenants ({cols}) VALUES ({marks}) RETURNING id", _adapt(values)).fetchone()
         _write_credentials(conn, row["id"], crm, changes, box)
-        return _by_id(conn, row["id"], box)
+        return load_shop(conn, row["id"], box)
 
 
 def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
@@ -414,7 +414,7 @@ def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
                      _adapt({**values, "id": current.id}))
         if _write_credentials(conn, current.id, crm, changes, box) or crm != current.crm:
             release_after_new_credentials(conn, current.id)
-        return _by_id(conn, current.id, box)
+        return load_shop(conn, current.id, box)
 
 
 def _write_credentials(conn: psycopg.Connection, tenant_id: int, crm: str, changes: ShopChanges,
@@ -453,10 +453,6 @@ def new_tekmetric_webhook_token(conn: psycopg.Connection, slug: str) -> str:
 def get_shop(conn: psycopg.Connection, slug: str, box: SecretBox | None = None) -> Shop | None:
     row = conn.execute(f"{_SELECT} WHERE t.slug = %s", (slug,)).fetchone()
     return shop_from_row(row, box) if row else None
-
-
-def _by_id(conn: psycopg.Connection, tenant_id: int, box: SecretBox | None) -> Shop:
-    return shop_from_row(conn.execute(f"{_SELECT} WHERE t.id = %s", (tenant_id,)).fetchone(), box)
 
 
 def list_shops(conn: psycopg.Connection, box: SecretBox | None = None) -> list[Shop]:
