@@ -5,6 +5,7 @@ shape give one event), and the receiver's guards apply to the route."""
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import pytest
@@ -113,10 +114,21 @@ def test_bodies_that_are_not_tekmetrics_envelope_are_400_and_nothing_is_stored(s
 
 
 def test_the_token_is_kept_out_of_the_logs_once_it_is_seen(standins, tekmetric):
+    from uvicorn.logging import AccessFormatter
+
     url = url_of(standins, tekmetric)
     token = url.rsplit("/", 1)[1]
+    path = url.removeprefix(url.split("/webhooks/")[0])
     assert httpx.post(url, json={"event": "Inspection completed", "data": {"id": 3}}, timeout=10).status_code == 200
     assert token not in redaction.redact(f"POST {url} 200")
+    # The access log line of `./dev run`'s receiver: masked, and still formatted (uvicorn's
+    # formatter unpacks the record's arguments).
+    redaction.install()
+    record = logging.getLogger("uvicorn.access").makeRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:40000", "POST", path, "1.1", 202), None)
+    line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False).format(record)
+    assert line == f'127.0.0.1:40000 - "POST /webhooks/tekmetric/{redaction.MASK} HTTP/1.1" 202 Accepted'
 
 
 def test_the_guards_apply_to_the_tekmetric_route(app_with, standins, admin, tekmetric):  # noqa: F811
