@@ -127,6 +127,15 @@ def test_a_killed_child_is_restarted_and_serves_while_the_others_keep_running(st
     assert order.status_code == 200, order.text
     wait_for(lambda: httpx.get(f"{twilio}/_outbox.json", timeout=2).json(), timeout=30,
              message="the first SMS through the restarted receiver and stand-ins")
+    # And the Tekmetric demo shop: its partner app, shop and webhook URL are registered again.
+    from lead_orchestrator.runtime.stack import TEKMETRIC_DEMO_SHOP_ID, TEKMETRIC_DEMO_SLUG
+
+    sender = _demo_shop(stack, TEKMETRIC_DEMO_SLUG).twilio_sender
+    made = httpx.post(f"{stack.url('TEKMETRIC_STANDIN_PORT')}/_standin/orders", timeout=10,
+                      json={"shop_id": TEKMETRIC_DEMO_SHOP_ID})
+    assert made.status_code == 200, made.text
+    wait_for(lambda: any(m.get("from") == sender for m in httpx.get(f"{twilio}/_outbox.json", timeout=2).json()),
+             timeout=30, message="the Tekmetric demo shop's first SMS after the restart")
     assert "receiver stopped unexpectedly (killed by SIGKILL" in stack.output()
 
 
@@ -142,10 +151,14 @@ def _pgid(pid: int) -> int | None:
 
 
 def _demo_key(stack: Stack) -> str:
+    return _demo_shop(stack, "demo").shopmonkey_api_key.get_secret_value()
+
+
+def _demo_shop(stack: Stack, slug: str):
     from lead_orchestrator.store.shops import get_shop
 
     with psycopg.connect(stack.database_url(), row_factory=psycopg.rows.dict_row) as conn:
-        return get_shop(conn, "demo").shopmonkey_api_key.get_secret_value()
+        return get_shop(conn, slug)
 
 
 def test_a_child_that_cannot_start_is_a_crash_loop_and_the_others_keep_serving(stack):
