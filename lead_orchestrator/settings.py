@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
 TWILIO_REAL_URL = "https://api.twilio.com"
 SENDGRID_REAL_URL = "https://api.sendgrid.com"
+TEKMETRIC_REAL_URL = "https://shop.tekmetric.com"  # the sandbox: https://sandbox.tekmetric.com
 _HOST_NAME = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     shopmonkey_base_url: str = Field(default=SHOPMONKEY_REAL_URL, alias="SHOPMONKEY_BASE_URL")
     twilio_api_base_url: str = Field(default=TWILIO_REAL_URL, alias="TWILIO_API_BASE_URL")
     sendgrid_api_base_url: str = Field(default=SENDGRID_REAL_URL, alias="SENDGRID_API_BASE_URL")
+    # Tekmetric's API (paths under /api/v1). The partner app's client id and secret are not
+    # settings: they are stored encrypted in the database (`crm-app set tekmetric`).
+    tekmetric_base_url: str = Field(default=TEKMETRIC_REAL_URL, alias="TEKMETRIC_BASE_URL")
     dagster_home: Path | None = Field(default=None, alias="DAGSTER_HOME")
 
     data_dir: Path = Field(default=Path(".data"), alias="LEAD_DATA_DIR")
@@ -77,6 +81,7 @@ class Settings(BaseSettings):
     shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")
     twilio_standin_port: int = Field(default=8702, alias="TWILIO_STANDIN_PORT")
     sendgrid_standin_port: int = Field(default=8703, alias="SENDGRID_STANDIN_PORT")
+    tekmetric_standin_port: int = Field(default=8704, alias="TEKMETRIC_STANDIN_PORT")
     vendors: Literal["standins", "real"] | None = Field(default=None, alias="LEAD_VENDORS")
     # `up`'s supervisor: the longest wait before restarting a process that keeps exiting.
     restart_max_delay_seconds: float = Field(default=30.0, gt=0, alias="RESTART_MAX_DELAY_SECONDS")
@@ -114,7 +119,8 @@ class Settings(BaseSettings):
             raise ValueError(f"INBOUND_PARSE_DOMAIN {value!r} is not a host name (e.g. reply.example.com)")
         return value
 
-    @field_validator("public_base_url", "shopmonkey_base_url", "twilio_api_base_url", "sendgrid_api_base_url")
+    @field_validator("public_base_url", "shopmonkey_base_url", "twilio_api_base_url", "sendgrid_api_base_url",
+                     "tekmetric_base_url")
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
         return base_url(value, cls.model_fields[info.field_name].alias)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.settings import base_url
+from lead_orchestrator.settings import TEKMETRIC_REAL_URL, base_url
 from lead_orchestrator.services.shop_clients import Vendors
 
 _databases: dict[str, Database] = {}
@@ -25,7 +25,8 @@ class DatabaseResource(ConfigurableResource):
 
 
 class VendorsResource(ConfigurableResource):
-    """ShopMonkey, Twilio and SendGrid endpoints; per-shop credentials come from the shop."""
+    """ShopMonkey, Tekmetric, Twilio and SendGrid endpoints; per-shop credentials (and the
+    Tekmetric partner app) come from the shop."""
 
     shopmonkey_base_url: str
     twilio_api_base_url: str
@@ -33,6 +34,7 @@ class VendorsResource(ConfigurableResource):
     public_base_url: str
     app_secret_key: str
     inbound_parse_domain: str = ""  # empty: emails carry no reply address
+    tekmetric_base_url: str = TEKMETRIC_REAL_URL
 
     def vendors(self) -> Vendors:
         # The same check and normalisation as the Settings object (these come from EnvVar).
@@ -40,6 +42,7 @@ class VendorsResource(ConfigurableResource):
             shopmonkey_base_url=base_url(self.shopmonkey_base_url, "SHOPMONKEY_BASE_URL"),
             twilio_base_url=base_url(self.twilio_api_base_url, "TWILIO_API_BASE_URL"),
             sendgrid_base_url=base_url(self.sendgrid_api_base_url, "SENDGRID_API_BASE_URL"),
+            tekmetric_base_url=base_url(self.tekmetric_base_url, "TEKMETRIC_BASE_URL"),
             public_base_url=base_url(self.public_base_url, "PUBLIC_BASE_URL"),
             secret_key=self.app_secret_key,
             inbound_parse_domain=self.inbound_parse_domain.strip().lower().rstrip(".") or None,

@@ -15,7 +15,7 @@ from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
 from webhook_receiver.hot_route import ReceiverApp
 from webhook_receiver.inbox_writer import InboxWriter
-from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, twilio, unsubscribe
+from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, tekmetric, twilio, unsubscribe
 
 # How long a request waits for a pooled connection (shop look-ups, callbacks, /readyz).
 POOL_TIMEOUT_S = 1.0
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     errors.install(app)
     app.include_router(health.router)
     app.include_router(shopmonkey.router)
+    app.include_router(tekmetric.router)
     app.include_router(twilio.router)
     app.include_router(sendgrid.router)
     app.include_router(sendgrid_inbound.router)

@@ -14,7 +14,9 @@ from lead_orchestrator.messaging.reply_address import reply_address
 from lead_orchestrator.crm import registry
 from lead_orchestrator.crm.base import CrmAdapter
 from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
-from lead_orchestrator.store.shops import Shop
+from lead_orchestrator.crm.tekmetric.client import TekmetricClient
+from lead_orchestrator.settings import TEKMETRIC_REAL_URL
+from lead_orchestrator.store.shops import Shop, TekmetricCredentials
 
 
 class MissingCredentials(RuntimeError):
@@ -30,6 +32,7 @@ class Vendors:
     secret_key: str = field(repr=False)  # signs unsubscribe links: never in a repr or log
     inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
     send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
+    tekmetric_base_url: str = TEKMETRIC_REAL_URL
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -40,6 +43,24 @@ class Vendors:
             return ShopMonkeyClient(self.shopmonkey_base_url, key, http=http, pacer=pacer)
         return self._cached(("sm", shop.id, key, pacer is not None),
                             lambda: ShopMonkeyClient(self.shopmonkey_base_url, key, pacer=pacer))
+
+    def tekmetric(self, shop: Shop) -> TekmetricClient:
+        """The client of the deployment's Tekmetric partner app (the shop carries it): one
+        per process, shared by every shop and thread, since the app's token and its
+        hold-back after a 429 are the app's, not a shop's. Its limiter keeps this process
+        under the app's per-minute budget; sharing that budget between processes is the
+        per-app limiter's hook (TekmetricClient(limiter=)), docs/tekmetric.md "The request
+        budget"."""
+        credentials = shop.credentials
+        if not isinstance(credentials, TekmetricCredentials) or credentials.shop_id is None:
+            raise MissingCredentials(f"shop {shop.slug} has no Tekmetric shop id")
+        app = credentials.app
+        if app is None:
+            raise MissingCredentials("no Tekmetric partner app is configured for this deployment "
+                                     "(`lead-orchestrator crm-app set tekmetric --client-id … --client-secret …`)")
+        secret = app.client_secret.get_secret_value()
+        return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret),
+                            lambda: TekmetricClient(self.tekmetric_base_url, app.client_id, secret))
 
     def crm_adapter(self, shop: Shop, *, pacer=None, http=None) -> CrmAdapter:
         """The shop's CRM behind the port (crm.registry picks it by the shop's CRM);
@@ -87,7 +108,7 @@ class Vendors:
 
     def close(self) -> None:
         for client in self._cache.values():
-            if isinstance(client, ShopMonkeyClient):
+            if isinstance(client, (ShopMonkeyClient, TekmetricClient)):
                 client.close()
         self._cache.clear()
 
@@ -118,6 +139,7 @@ def vendors_from_settings(settings) -> Vendors:
         shopmonkey_base_url=settings.shopmonkey_base_url,
         twilio_base_url=settings.twilio_api_base_url,
         sendgrid_base_url=settings.sendgrid_api_base_url,
+        tekmetric_base_url=settings.tekmetric_base_url,
         public_base_url=settings.public_base_url,
         secret_key=settings.secret_key(),
         inbound_parse_domain=settings.inbound_parse_domain,

@@ -254,7 +254,7 @@ def describe_inbox_event(event: dict, shop, tz: ZoneInfo, order_id: str, *, now:
     since = shop_time(event["status_changed_at"], tz)
     if status == "parked":
         return (f"{seen}: parked since {since}: {error}; released when the key is updated "
-                f"(`./dev cli shops update {shop.slug} --shopmonkey-api-key …`) or the poll sees it work again")
+                f"({shop.credentials_fix()}) or the poll sees it work again")
     if status == "dead":
         return (f"{seen}: dead since {since}: {error}; replay with `./dev cli replay {shop.slug} --order "
                 f"{order_id}` (a new sighting by the poll also revives it)")
