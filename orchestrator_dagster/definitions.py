@@ -5,7 +5,6 @@ import os
 
 from dagster import Definitions, EnvVar
 
-from lead_orchestrator.settings import TEKMETRIC_REAL_URL
 from orchestrator_dagster.alerts import alerts_from_environment, check_alert_sensor, run_failure_alert_sensor
 from orchestrator_dagster.assets import leads
 from orchestrator_dagster.checks import health_checks_sensor, leads_health_checks
@@ -33,7 +32,6 @@ defs = Definitions(
             app_secret_key=EnvVar("APP_SECRET_KEY"),
             # Optional, so not an EnvVar (which refuses to load when the variable is unset).
             inbound_parse_domain=os.environ.get("INBOUND_PARSE_DOMAIN", ""),
-            tekmetric_base_url=os.environ.get("TEKMETRIC_BASE_URL", TEKMETRIC_REAL_URL),
         ),
         "alerts": alerts_from_environment(),
     },

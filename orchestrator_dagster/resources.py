@@ -3,6 +3,8 @@ definitions.py. The objects they hand out are plain project classes, so the busi
 logic they feed is tested without Dagster."""
 from __future__ import annotations
 
+import os
+
 from dagster import ConfigurableResource
 
 from lead_orchestrator.store.db import Database
@@ -34,7 +36,9 @@ class VendorsResource(ConfigurableResource):
     public_base_url: str
     app_secret_key: str
     inbound_parse_domain: str = ""  # empty: emails carry no reply address
-    tekmetric_base_url: str = TEKMETRIC_REAL_URL
+    # Empty: TEKMETRIC_BASE_URL as the process running the code finds it (read when used,
+    # not when the definitions are imported), else Tekmetric's real host.
+    tekmetric_base_url: str = ""
 
     def vendors(self) -> Vendors:
         # The same check and normalisation as the Settings object (these come from EnvVar).
@@ -42,7 +46,8 @@ class VendorsResource(ConfigurableResource):
             shopmonkey_base_url=base_url(self.shopmonkey_base_url, "SHOPMONKEY_BASE_URL"),
             twilio_base_url=base_url(self.twilio_api_base_url, "TWILIO_API_BASE_URL"),
             sendgrid_base_url=base_url(self.sendgrid_api_base_url, "SENDGRID_API_BASE_URL"),
-            tekmetric_base_url=base_url(self.tekmetric_base_url, "TEKMETRIC_BASE_URL"),
+            tekmetric_base_url=base_url(self.tekmetric_base_url or os.environ.get("TEKMETRIC_BASE_URL")
+                                        or TEKMETRIC_REAL_URL, "TEKMETRIC_BASE_URL"),
             public_base_url=base_url(self.public_base_url, "PUBLIC_BASE_URL"),
             secret_key=self.app_secret_key,
             inbound_parse_domain=self.inbound_parse_domain.strip().lower().rstrip(".") or None,

@@ -19,6 +19,9 @@ from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, build_sensor_co
 from lead_orchestrator.domain.contact_points import normalize_phone
 from lead_orchestrator.services.ingest import claim_events, process_claimed_events
 from lead_orchestrator.store.crm_apps import set_crm_app
+# Imported before any test sets the Dagster environment, as in a whole-suite run: the
+# code location must read TEKMETRIC_BASE_URL when it runs, not when it is imported.
+from orchestrator_dagster.definitions import defs
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 from tests.tekmetric_support import APP_CLIENT_ID, APP_SECRET, configure_app
@@ -210,7 +213,6 @@ def test_why_and_preview_for_a_tekmetric_shop(db, vendors, standins, shop, cli):
 def test_the_dagster_history_and_checks_see_the_tekmetric_shop(dagster_instance, database_url, db, vendors, standins,
                                                                 admin, shop):
     from orchestrator_dagster.checks import health_checks_sensor
-    from orchestrator_dagster.definitions import defs
     from orchestrator_dagster.resources import DatabaseResource
 
     # The partner app's credentials are refused: the estimate's event parks, and the
