@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     receiver_host: str = Field(default="127.0.0.1", alias="RECEIVER_HOST")
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
+    # The production layout (`up --production`, deploy/Procfile, deploy/systemd/): uvicorn
+    # worker processes sharing the receiver's port, and the Dagster code server's address.
+    receiver_workers: int = Field(default=2, gt=0, alias="RECEIVER_WORKERS")
+    dagster_code_server_host: str = Field(default="127.0.0.1", alias="DAGSTER_CODE_SERVER_HOST")
+    dagster_code_server_port: int = Field(default=4000, alias="DAGSTER_CODE_SERVER_PORT")
     # `up`: the local stand-ins' ports, and which vendors to use ("standins" or "real";
     # unset: the stand-ins unless a vendor base URL is set).
     shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")

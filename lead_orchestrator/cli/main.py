@@ -35,10 +35,16 @@ def main() -> None:
 @click.option("--standins", "vendors", flag_value="standins",
               help="Start the local stand-ins and point every shop at them.")
 @click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
-def up(vendors: str | None, no_demo: bool) -> None:
+@click.option("--production", is_flag=True,
+              help="The production layout (docs/deployment.md): deploy/Procfile's command lines, a Dagster code "
+                   "server of its own, RECEIVER_WORKERS receiver workers on one port, several dispatchers.")
+@click.option("--dispatchers", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="With --production: how many dispatchers.")
+def up(vendors: str | None, no_demo: bool, production: bool, dispatchers: int) -> None:
     from lead_orchestrator.runtime.stack import run_stack
 
-    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo))
+    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo, production=production,
+                       dispatchers=dispatchers))
 
 
 @main.command(help="Apply pending schema migrations (safe to run any time).")

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
-from lead_orchestrator.store.db import is_connection_error, short_reason
+from lead_orchestrator.store.db import connection_name, is_connection_error, short_reason
 from lead_orchestrator.services.ingest import EventResult, claim_events, process_event, release_event
 from lead_orchestrator.messaging.send_reconcile import start_send_reconciler
 
@@ -124,7 +124,7 @@ class Dispatcher:
 
     def _listen(self) -> psycopg.Connection:
         """The connection that wakes the dispatcher and tells the inbox sensor it is alive."""
-        listen = psycopg.connect(self.db.url, autocommit=True, application_name="dispatcher-listen",
+        listen = psycopg.connect(self.db.url, autocommit=True, application_name=connection_name("dispatcher-listen"),
                                  connect_timeout=5)
         try:
             listen.execute("LISTEN inbox_events")

@@ -21,7 +21,7 @@ import threading
 
 import psycopg
 
-from lead_orchestrator.store.db import APP_ROLE
+from lead_orchestrator.store.db import APP_ROLE, connection_name
 
 LEASE_LOST = "LO001"  # raised by claim_inbox_events for a lease nobody holds
 CLAIM = "SELECT tenant_id, event_id FROM claim_inbox_events(%s, %s, interval '5 minutes')"
@@ -57,7 +57,7 @@ class ClaimLease:
             self._drop()
 
     def _take(self) -> None:
-        conn = psycopg.connect(self._url, autocommit=True, application_name="claim-lease", connect_timeout=5,
+        conn = psycopg.connect(self._url, autocommit=True, application_name=connection_name("claim-lease"), connect_timeout=5,
                                **_KEEPALIVE)
         try:
             conn.execute(f"SET ROLE {APP_ROLE}")

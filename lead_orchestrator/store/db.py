@@ -17,6 +17,7 @@ known to be unreachable, instead of waiting for a connection that cannot come
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -42,6 +43,15 @@ APP_ROLE = "lead_app"
 RECONNECT_TIMEOUT_S = 2.0
 # SQLSTATEs that mean "this server is going away or not accepting connections yet".
 _SERVER_GOING_AWAY = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
+
+
+def connection_name(purpose: str) -> str:
+    """The application_name of a connection: the process's own name (PGAPPNAME, which the
+    production layout and the systemd units set per process), then what the connection is
+    for, so pg_stat_activity can be counted per process and per use (docs/deployment.md).
+    Connections opened without a name (Dagster's storage) get PGAPPNAME alone from libpq."""
+    process = os.environ.get("PGAPPNAME", "").strip()
+    return f"{process}/{purpose}"[:63] if process else purpose
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -159,7 +169,7 @@ class Availability:
         while not self._closed:
             try:
                 with psycopg.connect(self._url, connect_timeout=self.PROBE_CONNECT_TIMEOUT_S,
-                                     application_name="availability-probe") as conn:
+                                     application_name=connection_name("availability-probe")) as conn:
                     conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 with self._lock:
@@ -188,7 +198,7 @@ class Database:
             self.url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "application_name": name},
+            kwargs={"row_factory": dict_row, "application_name": connection_name(name)},
             configure=_act_as_app_role,
             open=False,
             name=name,  # the pool's own log lines say whose pool it is
