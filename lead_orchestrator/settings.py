@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     receiver_workers: int = Field(default=2, gt=0, alias="RECEIVER_WORKERS")
     dagster_code_server_host: str = Field(default="127.0.0.1", alias="DAGSTER_CODE_SERVER_HOST")
     dagster_code_server_port: int = Field(default=4000, alias="DAGSTER_CODE_SERVER_PORT")
+    # Upper bounds of the application-database pools, per process (docs/deployment.md,
+    # Database connections): a receiver process (each uvicorn worker); a dispatcher (its
+    # workers share the pool, holding a connection only inside a transaction, never
+    # across a vendor call); the Dagster code server and each run. Each process also
+    # keeps a few connections of its own beside its pool (listen, lease, sender, writer).
+    receiver_db_pool_size: int = Field(default=4, ge=1, alias="RECEIVER_DB_POOL_SIZE")
+    dispatcher_db_pool_size: int = Field(default=16, ge=2, alias="DISPATCHER_DB_POOL_SIZE")
+    dagster_db_pool_size: int = Field(default=2, ge=1, alias="DAGSTER_DB_POOL_SIZE")
     # `up`: the local stand-ins' ports, and which vendors to use ("standins" or "real";
     # unset: the stand-ins unless a vendor base URL is set).
     shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")

@@ -75,11 +75,14 @@ def dispatcher(workers: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
-        db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
+        # Workers share the pool: one holds a connection only inside a transaction.
+        pool_size = min(workers + 2, settings.dispatcher_db_pool_size)
+        db = Database(url, max_size=pool_size, name="dispatcher").open(wait=False)  # the database may be down
         reporter = DagsterReporter(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
-        click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
+        click.echo(f"dispatcher: {workers} workers, at most {pool_size} pooled database connections, "
+                   "waiting for inbox events")
         try:
             Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
         finally:
