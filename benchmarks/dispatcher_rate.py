@@ -4,9 +4,11 @@ stand-ins as its own process). For each round the dispatchers and the Dagster da
 held stopped (DATA_DIR/hold, so no safety-net run takes the events either) while a
 backlog of estimates arrives as webhooks and is stored; then one dispatcher, or both, are
 let go. The rate is the backlog over the time from the first claim to the last event
-done; it also prints the peak database connections per process during the round.
+done; it also prints the peak database connections per process during the round. A last
+round holds only the dispatchers: the safety net (inbox sensor -> ingest runs launched by
+the code server) takes the estimates as they arrive.
 
-    ./dev bench dispatchers [--estimates 500] [--shops 20]
+    ./dev bench dispatchers [--estimates 500] [--shops 20] [--safety-net 100]
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def stored(layout: ProductionLayout, estimates: list[Estimate]) -> bool:
 
 
 def processing_span(layout: ProductionLayout, estimates: list[Estimate]) -> tuple[float, dict[str, int]]:
-    """Seconds from the first claim to the last event done, and events done per dispatcher."""
+    """Seconds from the first claim to the last event done, and events done per claimer."""
     with layout.connect() as conn:
         span = conn.execute("SELECT extract(epoch FROM max(processed_at) - min(claimed_at)) AS s FROM inbox_events "
                             "WHERE object_id = ANY(%s)", ([e.order_id for e in estimates],)).fetchone()["s"]
@@ -68,35 +70,50 @@ def dispatcher_cpu(layout: ProductionLayout) -> float:
     return cpu_seconds(procs)
 
 
+def runs_launched(layout: ProductionLayout) -> int:
+    with layout.connect("dagster") as conn:
+        return conn.execute("SELECT count(*) AS n FROM runs").fetchone()["n"]
+
+
 def one_round(layout: ProductionLayout, shops: list, estimates: int, dispatchers: int) -> dict:
-    hold(layout, HELD)
-    backlog = layout.create_estimates(shops, estimates)
-    wait_for(lambda: stored(layout, backlog), timeout=120, interval=0.5, message="the backlog stored")
-    say(f"{estimates} estimates stored; letting {dispatchers} dispatcher(s) go")
-    running = HELD[:dispatchers]
+    """`dispatchers` 0: every dispatcher held, the daemon running: the safety net
+    (inbox sensor -> ingest runs in the code server) takes the events as they arrive."""
+    held = HELD if dispatchers else HELD[:2]
+    hold(layout, held)
+    runs_before = runs_launched(layout)
     peaks = ConnectionPeaks(layout).start()
-    release(layout, running)
-    listening = {f"lead-{n}/dispatcher-listen" for n in running}
-    wait_for(lambda: listening <= set(layout.connections()), timeout=60, interval=0.05,
-             message="the dispatchers listening")
-    cpu_before = dispatcher_cpu(layout)  # after their start-up
+    backlog = layout.create_estimates(shops, estimates)
+    cpu_before = 0.0
+    if dispatchers:
+        wait_for(lambda: stored(layout, backlog), timeout=120, interval=0.5, message="the backlog stored")
+        say(f"{estimates} estimates stored; letting {dispatchers} dispatcher(s) go")
+        release(layout, held[:dispatchers])
+        listening = {f"lead-{n}/dispatcher-listen" for n in held[:dispatchers]}
+        wait_for(lambda: listening <= set(layout.connections()), timeout=60, interval=0.05,
+                 message="the dispatchers listening")
+        cpu_before = dispatcher_cpu(layout)  # after their start-up
+    else:
+        say(f"{estimates} estimates sent with every dispatcher held: the safety net takes them")
     wait_for(lambda: layout.answered(backlog), timeout=600, interval=0.5, message="every first SMS and email")
-    cpu = dispatcher_cpu(layout) - cpu_before
+    cpu = dispatcher_cpu(layout) - cpu_before if dispatchers else 0.0
     peaks.stop()
-    span, per_dispatcher = processing_span(layout, backlog)
-    release(layout, tuple(n for n in HELD if n not in running))
+    span, per_claimer = processing_span(layout, backlog)
+    release(layout, held[dispatchers:])
     wait_for(lambda: all(layout.state()[n]["ready"] for n in HELD), timeout=120, interval=0.5,
              message="every process back")
     sms = layout.sms_per_phone()
-    return {"dispatchers": dispatchers, "seconds": span, "rate": estimates / span, "per_dispatcher": per_dispatcher,
+    return {"dispatchers": dispatchers, "seconds": span, "rate": estimates / span, "per_claimer": per_claimer,
             "cpu": cpu, "duplicates": sum(sms[e.phone] - 1 for e in backlog if sms[e.phone] > 1),
-            "connections": peaks.per_process(), "peak_total": peaks.peak_total}
+            "runs": runs_launched(layout) - runs_before, "connections": peaks.per_process(),
+            "peak": dict(peaks.peak), "peak_total": peaks.peak_total}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench dispatchers", description=__doc__)
     parser.add_argument("--estimates", type=int, default=500, help="backlog per round")
     parser.add_argument("--shops", type=int, default=20)
+    parser.add_argument("--safety-net", type=int, default=100,
+                        help="then this many estimates with no dispatcher (0: skip that round)")
     args = parser.parse_args(argv)
     say(f"machine: {machine()}")
     layout = ProductionLayout(Path(tempfile.mkdtemp(prefix="lead-bench-layout-")))
@@ -105,17 +122,24 @@ def main(argv: list[str] | None = None) -> int:
         layout.start()
         shops = layout.add_shops(args.shops, "rate")
         results = [one_round(layout, shops, args.estimates, n) for n in (1, 2)]
+        if args.safety_net:
+            results.append(one_round(layout, shops, args.safety_net, 0))
+        for r, n in zip(results, [args.estimates, args.estimates, args.safety_net]):
+            r["leads"] = n
     finally:
         if layout.proc is not None and layout.proc.poll() is None:
             layout.stop()
         layout.kill_everything()
     for r in results:
-        say(f"{r['dispatchers']} dispatcher(s): {args.estimates} leads in {r['seconds']:.1f}s = "
-            f"{r['rate']:.1f} leads/s ({r['rate'] / r['dispatchers']:.1f} per dispatcher); events per dispatcher "
-            f"{sorted(r['per_dispatcher'].values(), reverse=True)}; dispatcher CPU {r['cpu']:.1f}s "
-            f"({1000 * r['cpu'] / args.estimates:.1f} ms per lead); duplicates {r['duplicates']}")
+        who = f"{r['dispatchers']} dispatcher(s)" if r["dispatchers"] else "safety net (no dispatcher)"
+        per = r["rate"] / r["dispatchers"] if r["dispatchers"] else r["rate"]
+        say(f"{who}: {r['leads']} leads in {r['seconds']:.1f}s = {r['rate']:.1f} leads/s ({per:.1f} per process); "
+            f"events per claimer {sorted(r['per_claimer'].values(), reverse=True)}; Dagster runs {r['runs']}; "
+            f"dispatcher CPU {r['cpu']:.1f}s ({1000 * r['cpu'] / r['leads']:.1f} ms per lead); "
+            f"duplicates {r['duplicates']}")
         say("   peak connections per process: " + ", ".join(f"{k} {v}" for k, v in sorted(r["connections"].items()))
             + f"; all at once {r['peak_total']}")
+        say("   by purpose: " + ", ".join(f"{k or '(unnamed)'} {v}" for k, v in sorted(r["peak"].items())))
     return 0
 
 
