@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from lead_orchestrator.store.db import (APP_ROLE, Availability, DatabaseUnavailable, connection_name, is_connection_error,
-                                       libpq_url)
+from lead_orchestrator.settings import connection_name
+from lead_orchestrator.store.db import APP_ROLE, Availability, DatabaseUnavailable, is_connection_error, libpq_url
 from lead_orchestrator.store.inbox import NewEvent
 from webhook_receiver import metrics
 

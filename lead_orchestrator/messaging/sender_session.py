@@ -20,7 +20,7 @@ import time
 
 import psycopg
 
-from lead_orchestrator.store.db import connection_name
+from lead_orchestrator.settings import connection_name
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ it), so what this layout runs and tests is what a deployment runs:
   `honcho start -c dispatcher=2` or the systemd template lead-dispatcher@.service runs them.
 
 Each process gets PGAPPNAME, so its database connections can be counted per process in
-pg_stat_activity (store/db.py `connection_name`); the systemd units set the same names.
+pg_stat_activity (settings.py `connection_name`); the systemd units set the same names.
 """
 from __future__ import annotations
 

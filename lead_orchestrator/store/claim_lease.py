@@ -21,7 +21,8 @@ import threading
 
 import psycopg
 
-from lead_orchestrator.store.db import APP_ROLE, connection_name
+from lead_orchestrator.settings import connection_name
+from lead_orchestrator.store.db import APP_ROLE
 
 LEASE_LOST = "LO001"  # raised by claim_inbox_events for a lease nobody holds
 CLAIM = "SELECT tenant_id, event_id FROM claim_inbox_events(%s, %s, interval '5 minutes')"

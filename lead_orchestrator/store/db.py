@@ -17,7 +17,6 @@ known to be unreachable, instead of waiting for a connection that cannot come
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from lead_orchestrator import redaction
+from lead_orchestrator.settings import connection_name
 
 log = logging.getLogger(__name__)
 # psycopg_pool warns at every failed connection attempt and every dead connection it
@@ -43,15 +43,6 @@ APP_ROLE = "lead_app"
 RECONNECT_TIMEOUT_S = 2.0
 # SQLSTATEs that mean "this server is going away or not accepting connections yet".
 _SERVER_GOING_AWAY = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
-
-
-def connection_name(purpose: str) -> str:
-    """The application_name of a connection: the process's own name (PGAPPNAME, which the
-    production layout and the systemd units set per process), then what the connection is
-    for, so pg_stat_activity can be counted per process and per use (docs/deployment.md).
-    Connections opened without a name (Dagster's storage) get PGAPPNAME alone from libpq."""
-    process = os.environ.get("PGAPPNAME", "").strip()
-    return f"{process}/{purpose}"[:63] if process else purpose
 
 
 def is_connection_error(exc: BaseException) -> bool:
