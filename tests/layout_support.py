@@ -7,7 +7,6 @@ connections per process and purpose (pg_stat_activity.application_name)."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import psycopg
 
 from benchmarks.common import make_shops
 from lead_orchestrator.runtime.stack import register_with_standins
-from tests.support import free_port, wait_for
+from tests.support import UpReport, free_port, wait_for
 
 # The developer's own settings must not steer the layout.
 DROPPED_ENV = ("DATABASE_URL", "TEST_DATABASE_URL", "DAGSTER_HOME", "PUBLIC_BASE_URL", "LEAD_VENDORS", "PGAPPNAME",
@@ -39,7 +38,7 @@ class Estimate:
     email: str
 
 
-class ProductionLayout:
+class ProductionLayout(UpReport):
     def __init__(self, home: Path, *, dispatchers: int = 2, env: dict[str, str] | None = None):
         self.home, self.dispatchers = home, dispatchers
         self.data_dir = home / "data"
@@ -81,23 +80,6 @@ class ProductionLayout:
             self.proc.wait()
 
     # ----- what runs -----
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    def state(self) -> dict:
-        import json
-
-        try:
-            return json.loads((self.data_dir / "supervisor.json").read_text())["children"]
-        except (OSError, ValueError):
-            return {}
-
-    def pid(self, name: str) -> int | None:
-        return self.state().get(name, {}).get("pid")
-
-    def pids(self) -> dict[str, int]:
-        return {name: child["pid"] for name, child in self.state().items()}
-
     def restarted(self, name: str, old_pid: int) -> bool:
         child = self.state().get(name, {})
         return child.get("pid") not in (None, old_pid) and child.get("ready", False)
@@ -117,9 +99,6 @@ class ProductionLayout:
     @property
     def standin_urls(self) -> dict[str, str]:
         return {name: self.url(f"{name.upper()}_STANDIN_PORT") for name in ("shopmonkey", "twilio", "sendgrid")}
-
-    def database_url(self) -> str:
-        return re.search(r'Database \(psql\)\s+\S+ "([^"]+)"', self.output()).group(1)
 
     def connect(self, database: str | None = None) -> psycopg.Connection:
         url = self.database_url()
