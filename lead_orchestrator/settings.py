@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     receiver_host: str = Field(default="127.0.0.1", alias="RECEIVER_HOST")
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
+    # The production layout (`up --production`, deploy/Procfile, deploy/systemd/): uvicorn
+    # worker processes sharing the receiver's port, and the Dagster code server's address.
+    receiver_workers: int = Field(default=2, gt=0, alias="RECEIVER_WORKERS")
+    dagster_code_server_host: str = Field(default="127.0.0.1", alias="DAGSTER_CODE_SERVER_HOST")
+    dagster_code_server_port: int = Field(default=4000, alias="DAGSTER_CODE_SERVER_PORT")
+    # Upper bounds of the application-database pools, per process (docs/deployment.md,
+    # Database connections): a receiver process (each uvicorn worker); a dispatcher (its
+    # workers share the pool, holding a connection only inside a transaction, never
+    # across a vendor call); the Dagster code server and each run. Each process also
+    # keeps a few connections of its own beside its pool (listen, lease, sender, writer).
+    receiver_db_pool_size: int = Field(default=4, ge=1, alias="RECEIVER_DB_POOL_SIZE")
+    dispatcher_db_pool_size: int = Field(default=16, ge=2, alias="DISPATCHER_DB_POOL_SIZE")
+    dagster_db_pool_size: int = Field(default=2, ge=1, alias="DAGSTER_DB_POOL_SIZE")
+    # The process's name on its database connections: libpq's own variable, which the
+    # production layout and the systemd units set per process (see connection_name).
+    process_name: str | None = Field(default=None, alias="PGAPPNAME")
     # `up`: the local stand-ins' ports, and which vendors to use ("standins" or "real";
     # unset: the stand-ins unless a vendor base URL is set).
     shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")
@@ -205,6 +221,15 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc)) from None
+
+
+def connection_name(purpose: str) -> str:
+    """The application_name of a connection: the process's own name (PGAPPNAME), then what
+    the connection is for, so pg_stat_activity can be counted per process and per use
+    (docs/deployment.md). Connections opened without a name (Dagster's storage) get
+    PGAPPNAME alone from libpq."""
+    process = (get_settings().process_name or "").strip()
+    return f"{process}/{purpose}"[:63] if process else purpose
 
 
 def describe_errors(exc: ValidationError) -> str:

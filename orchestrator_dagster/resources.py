@@ -8,7 +8,7 @@ import os
 from dagster import ConfigurableResource
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.settings import TEKMETRIC_REAL_URL, base_url
+from lead_orchestrator.settings import TEKMETRIC_REAL_URL, base_url, get_settings
 from lead_orchestrator.services.shop_clients import Vendors
 
 _databases: dict[str, Database] = {}
@@ -22,7 +22,8 @@ class DatabaseResource(ConfigurableResource):
     def database(self) -> Database:
         # One pool per process: sensors tick often, and a run may use it from many ops.
         if self.database_url not in _databases:
-            _databases[self.database_url] = Database(self.database_url, max_size=4, name="dagster").open()
+            size = get_settings().dagster_db_pool_size
+            _databases[self.database_url] = Database(self.database_url, max_size=size, name="dagster").open()
         return _databases[self.database_url]
 
 

@@ -5,9 +5,7 @@ child that cannot start is reported as a crash loop without taking the others do
 stopped database is started again; SIGTERM then stops everything it started."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,36 +17,18 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import UpReport, free_port, wait_for
 
 STACK_ENV_DROPPED = ("DATABASE_URL", "TEST_DATABASE_URL", "DAGSTER_HOME", "PUBLIC_BASE_URL", "LEAD_VENDORS",
                      "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL", "TEKMETRIC_BASE_URL")
 
 
-class Stack:
+class Stack(UpReport):
     def __init__(self, proc: subprocess.Popen, data_dir: Path, out_path: Path, ports: dict[str, int]):
         self.proc, self.data_dir, self.out_path, self.ports = proc, data_dir, out_path, ports
 
-    def state(self) -> dict:
-        try:
-            return json.loads((self.data_dir / "supervisor.json").read_text())["children"]
-        except (OSError, ValueError):
-            return {}
-
-    def pid(self, name: str) -> int | None:
-        return self.state().get(name, {}).get("pid")
-
-    def pids(self) -> dict[str, int]:
-        return {name: child["pid"] for name, child in self.state().items()}
-
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
-
-    def database_url(self) -> str:
-        return re.search(r'Database \(psql\)\s+\S+ "([^"]+)"', self.output()).group(1)
 
 
 def answers(url: str) -> bool:

@@ -102,6 +102,7 @@ def test_a_hold_file_keeps_a_stopped_child_stopped(supervised, tmp_path):
     assert sup.wait_until(lambda: any("held is held" in line for line in said), 10, stop)
     sup.wait_until(lambda: False, 0.5, stop)
     assert sup.pid("held") == pid and not sup.is_ready("held")
+    assert json.loads((tmp_path / "supervisor.json").read_text())["children"]["held"]["state"] == "held"
     (tmp_path / "hold" / "held").unlink()
     assert sup.wait_until(lambda: sup.is_ready("held"), 10, stop)
 

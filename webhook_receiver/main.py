@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         owned = db is None
         # fail_fast and a short pool timeout: a sender gets its 503 at once while the
         # database is down, not after waiting for a connection that cannot come.
-        app.state.db = db or Database(settings.database_url, max_size=8, name="receiver",
+        app.state.db = db or Database(settings.database_url, max_size=settings.receiver_db_pool_size, name="receiver",
                                       timeout=POOL_TIMEOUT_S, fail_fast=True).open(wait=False)
         app.state.inbox_writer = InboxWriter(app.state.db.url, availability=app.state.db.availability).start()
         tune_garbage_collector()

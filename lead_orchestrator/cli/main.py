@@ -35,10 +35,16 @@ def main() -> None:
 @click.option("--standins", "vendors", flag_value="standins",
               help="Start the local stand-ins and point every shop at them.")
 @click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
-def up(vendors: str | None, no_demo: bool) -> None:
+@click.option("--production", is_flag=True,
+              help="The production layout (docs/deployment.md): deploy/Procfile's command lines, a Dagster code "
+                   "server of its own, RECEIVER_WORKERS receiver workers on one port, several dispatchers.")
+@click.option("--dispatchers", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="With --production: how many dispatchers.")
+def up(vendors: str | None, no_demo: bool, production: bool, dispatchers: int) -> None:
     from lead_orchestrator.runtime.stack import run_stack
 
-    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo))
+    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo, production=production,
+                       dispatchers=dispatchers))
 
 
 @main.command(help="Apply pending schema migrations (safe to run any time).")
@@ -69,11 +75,14 @@ def dispatcher(workers: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
-        db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
+        # Workers share the pool: one holds a connection only inside a transaction.
+        pool_size = min(workers + 2, settings.dispatcher_db_pool_size)
+        db = Database(url, max_size=pool_size, name="dispatcher").open(wait=False)  # the database may be down
         reporter = _leads_history_recorder(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
-        click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
+        click.echo(f"dispatcher: {workers} workers, at most {pool_size} pooled database connections, "
+                   "waiting for inbox events")
         try:
             Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
         finally:

@@ -5,7 +5,9 @@ default when no vendor base URL is configured, see `choose_vendors`), starts the
 demo shops wired to them (one on ShopMonkey, one on Tekmetric); then the webhook receiver, the dispatcher, the Dagster webserver
 and the Dagster daemon. Every process it starts, the embedded database included, is
 supervised (lead_orchestrator.runtime.supervisor): one that exits is restarted, the others keep
-running. Ctrl-C (or SIGTERM) stops every process it started.
+running. Ctrl-C (or SIGTERM) stops every process it started. `--production` runs the
+processes of deploy/Procfile instead (runtime/layout.py): a code server of its own, a
+receiver with several workers, two dispatchers.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -336,8 +339,22 @@ def say_vendors(choice: VendorChoice, shops: list) -> None:
                 f"real vendors (`./dev cli shops update {demo.slug} --inactive`)")
 
 
-def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
-    """`vendors`: "standins", "real" or None (see choose_vendors)."""
+def app_stages(settings: Settings, env: dict[str, str], log_dir: Path, production: bool,
+               dispatchers: int) -> list[list[tuple[ProcessChild, Callable[[], bool] | None]]]:
+    """The application's children with their readiness probes, in stages: a stage starts
+    once the one before it serves."""
+    if production:
+        from lead_orchestrator.runtime.layout import production_stages
+
+        return production_stages(settings, env, log_dir, answers, dispatchers)
+    return [[(child, (lambda u=url: answers(u)) if url else None) for child, url in app_children(settings, env, log_dir)]]
+
+
+def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True, production: bool = False,
+              dispatchers: int = 2) -> int:
+    """`vendors`: "standins", "real" or None (see choose_vendors). `production`: the
+    processes of deploy/Procfile (runtime/layout.py) with `dispatchers` dispatchers,
+    instead of the development set."""
     stop = threading.Event()
     # SIGHUP too: a closed terminal must not leave the children running without us.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -347,6 +364,8 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
     log_dir = data_dir / "logs"
     choice = choose_vendors(settings, vendors)
     ports = {"DAGSTER_PORT": settings.dagster_port}
+    if production:
+        ports["DAGSTER_CODE_SERVER_PORT"] = settings.dagster_code_server_port
     if choice.standins:
         ports.update({f"{name.upper()}_STANDIN_PORT": port for name, port in standin_ports(settings).items()})
     busy = (ports_in_use(settings.receiver_host, {"RECEIVER_PORT": settings.receiver_port})
@@ -408,20 +427,24 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
                 supervisor.add(standins_child(settings, env, log_dir), on_ready=wire_demo_shop,
                                ready=lambda: all(answers(f"{url}/docs") for url in urls.values()))
                 names.append("standins")
-            say("starting the webhook receiver, the dispatcher, Dagster webserver and Dagster daemon")
-            for child, ready_url in app_children(settings, env, log_dir):
-                supervisor.add(child, ready=(lambda u=ready_url: answers(u)) if ready_url else None)
-                names.append(child.name)
-            if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
-                if stop.is_set():
-                    return 0
-                waiting = [n for n in names if not supervisor.is_ready(n)]
-                say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
-                    "still trying")
+            for stage in app_stages(settings, env, log_dir, production, dispatchers):
+                say(f"starting {', '.join(child.name for child, _ in stage)}")
+                for child, ready in stage:
+                    supervisor.add(child, ready=ready)
+                    names.append(child.name)
+                if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
+                    if stop.is_set():
+                        return 0
+                    waiting = [n for n in names if not supervisor.is_ready(n)]
+                    say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
+                        "still trying")
 
             dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
             print()
             print(f"  Dagster UI           {dagster_url}")
+            if production:
+                print(f"  Dagster code server  {settings.dagster_code_server_host}:{settings.dagster_code_server_port}"
+                      f"   (loaded through deploy/workspace.yaml)")
             print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, "
                   "/webhooks/tekmetric/<token>, GET /readyz, /metrics)")
             for name, url in urls.items():
