@@ -118,3 +118,24 @@ def test_the_crm_is_stored_and_keys_of_two_crms_never_meet(db, make_shop, admin)
                          (first, second)).fetchall()
     assert [r["crm"] for r in rows] == ["shopmonkey", "tekmetric"]
     assert rows[1]["dedup_key"] == "tekmetric:order:501:2026-03-02T15:04:05.000Z"
+
+
+def test_hints_without_a_version_are_never_swallowed_by_an_earlier_one(db, make_shop, admin):
+    import datetime as dt
+
+    from lead_orchestrator.crm.base import ChangeHint, ChangeKind
+
+    shop = make_shop()
+    hint = ChangeHint(crm="tekmetric", estimate_id="777", kind=ChangeKind.UPDATED, updated_at=None)
+    with db.tenant_tx(shop.id) as conn:
+        first = insert_event(conn, NewEvent.from_hint(hint, source="webhook"))
+        conn.execute("UPDATE inbox_events SET status = 'done' WHERE id = %s", (first,))
+        second = insert_event(conn, NewEvent.from_hint(hint, source="webhook"))  # a later change, no version
+        redelivered = [insert_event(conn, NewEvent.from_hint(hint, source="webhook", webhook_id="w-1"))
+                       for _ in range(2)]
+        versioned = ChangeHint(crm="tekmetric", estimate_id="777", kind=ChangeKind.UPDATED,
+                               updated_at=dt.datetime(2026, 3, 2, 15, 4, 5, tzinfo=dt.timezone.utc))
+        again = [insert_event(conn, NewEvent.from_hint(versioned, source=s)) for s in ("webhook", "poll")]
+    assert first and second and second != first
+    assert redelivered[0] and redelivered[1] is None  # the same delivery twice is one event
+    assert again[0] and again[1] is None  # a versioned change seen twice is one event

@@ -13,6 +13,7 @@ the ShopMonkey webhook route stores the raw body as it came (it is the hot path)
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,14 @@ class NewEvent:
             raise ValueError("a change hint without an estimate id cannot be stored")
         stored = json.dumps(_hint_fields(hint), separators=(",", ":"))
         body = payload_json if payload_json is not None else "null"
-        return cls(source, operation_of_kind(hint.kind), ESTIMATES, hint.estimate_id,
-                   utc_iso(hint.updated_at) if hint.updated_at is not None else None,
+        # A hint that names no version (e.g. a payment event) cannot be told apart from the
+        # next one of the same estimate: keyed by the estimate alone, the second would be
+        # swallowed as a duplicate of the first once that one is done. Each is its own
+        # sighting instead (the delivery's id when it has one, so a re-delivery is still
+        # one event); the price is one more fetch of an estimate the lead handles once.
+        stamp = utc_iso(hint.updated_at) if hint.updated_at is not None \
+            else f"unversioned:{webhook_id or uuid.uuid4().hex}"
+        return cls(source, operation_of_kind(hint.kind), ESTIMATES, hint.estimate_id, stamp,
                    f'{{"hint":{stored},"body":{body}}}', webhook_id, hint.crm)
 
     @classmethod
