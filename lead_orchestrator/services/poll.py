@@ -65,6 +65,7 @@ BACKOFF_MAX = dt.timedelta(minutes=10)
 BUSY_FOR = dt.timedelta(hours=1)
 # Spreads the shops' phases evenly over the cycle whatever their number (a Weyl sequence).
 _GOLDEN = (math.sqrt(5) - 1) / 2
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -181,9 +182,12 @@ def slot_phase_s(tenant_id: int, cadence_s: float) -> float:
 def next_slot(tenant_id: int, after: dt.datetime, cadence_s: float) -> dt.datetime:
     """The shop's first slot strictly after `after`: slots are `cadence_s` apart, at the
     shop's phase, on the UTC epoch (so every poller computes the same ones)."""
-    phase = slot_phase_s(tenant_id, cadence_s)
-    cycles = math.floor((after.timestamp() - phase) / cadence_s) + 1
-    return dt.datetime.fromtimestamp(cycles * cadence_s + phase, dt.timezone.utc)
+    # In whole microseconds, so that the slot after a slot is exactly one cadence later.
+    cadence_us = round(cadence_s * 1_000_000)
+    phase_us = round(slot_phase_s(tenant_id, cadence_s) * 1_000_000)
+    after_us = (after - _EPOCH) // dt.timedelta(microseconds=1)
+    cycles = (after_us - phase_us) // cadence_us + 1
+    return _EPOCH + dt.timedelta(microseconds=cycles * cadence_us + phase_us)
 
 
 def window_start(watermark: dt.datetime | None, connected_at: dt.datetime, max_lead_age_days: int,

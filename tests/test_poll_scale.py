@@ -1,0 +1,186 @@
+"""The poll at scale: slots spread over the cycle, shards, and claims that keep two
+pollers off the same shop — against real PostgreSQL (a database of their own, so that
+"every due shop" means these tests' shops) and the ShopMonkey stand-in over HTTP."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+import threading
+import uuid
+from collections import Counter
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from lead_orchestrator.services.poll import PollConfig, Shard, next_slot, poll_cycle, slot_phase_s
+from lead_orchestrator.store.db import Database
+from lead_orchestrator.store.shops import ShopChanges, create_shop
+from tests.conftest import scratch_database
+
+UTC = dt.timezone.utc
+LEASE = dt.timedelta(seconds=PollConfig().lease_s)
+
+
+# --- pure rules ----------------------------------------------------------------------
+
+def test_a_shops_next_slot_is_after_the_moment_within_one_cadence_and_at_its_own_phase():
+    now = dt.datetime(2026, 12, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+    for tenant_id in (1, 2, 3, 977, 20_000):
+        slot = next_slot(tenant_id, now, 30)
+        assert now < slot <= now + dt.timedelta(seconds=30)
+        assert slot.timestamp() % 30 == pytest.approx(slot_phase_s(tenant_id, 30), abs=1e-3)
+        # The slot after a slot is one cadence later: a shop polled on time keeps 30 s.
+        assert next_slot(tenant_id, slot, 30) - slot == dt.timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("shops", [60, 1_000, 20_000])
+def test_slots_spread_evenly_over_the_cycle_whatever_the_number_of_shops(shops):
+    per_second = Counter(int(slot_phase_s(tenant_id, 30)) for tenant_id in range(1, shops + 1))
+    assert set(per_second) == set(range(30)) or shops < 30
+    # Within 5 % (plus one shop) of an even share in every second of the cycle.
+    assert max(per_second.values()) <= shops / 30 * 1.05 + 1
+    assert min(per_second.values()) >= shops / 30 * 0.95 - 1
+
+
+def test_every_shop_is_in_exactly_one_shard():
+    for count in (1, 2, 3, 8):
+        shards = [Shard(i, count) for i in range(count)]
+        for tenant_id in range(1, 500):
+            assert sum(s.holds(tenant_id) for s in shards) == 1
+    with pytest.raises(ValueError):
+        Shard(2, 2)
+
+
+# --- against the database and the stand-in -------------------------------------------
+
+@pytest.fixture
+def poll_db(pg):
+    """A database of its own: here, "every due shop" means this test's shops."""
+    with scratch_database(pg, "pollscale") as url:
+        database = Database(url, max_size=8, name="pollscale").open()
+        try:
+            yield url, database
+        finally:
+            database.close()
+
+
+def _shops(url: str, standins, count: int) -> dict[int, str]:
+    """`count` active shops with a ShopMonkey key each: tenant id -> key."""
+    keys = {}
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        for _ in range(count):
+            key = "scale-" + uuid.uuid4().hex
+            shop = create_shop(conn, f"scale-{uuid.uuid4().hex[:10]}", "Scale shop", ShopChanges(
+                shopmonkey_api_key=key, webhook_secret="whsec_" + base64.b64encode(os.urandom(24)).decode(),
+                sendgrid_api_key="SG.scale-key-0123456789abcdef", sendgrid_sender="service@scale.example",
+                postal_address="1 Scale St, Austin, TX 78701"))
+            standins.shopmonkey.add_shop(key)
+            keys[shop.id] = key
+    return keys
+
+
+def _requests_by_key(standins, keys: dict[int, str]) -> dict[int, int]:
+    by_key = standins.shopmonkey.request_counts()["by_key_path"]
+    return {tenant_id: by_key.get(key, {}).get("/v3/order", 0) for tenant_id, key in keys.items()}
+
+
+def _ok(cycle) -> set[int]:
+    return {s.tenant_id for s in cycle.shops if s.outcome == "ok"}
+
+
+def test_two_pollers_at_once_poll_every_shop_exactly_once(poll_db, vendors, standins):
+    url, database = poll_db
+    keys = _shops(url, standins, 40)
+    for key in keys.values():  # each answer takes 0.2 s: both pollers are busy at the same time
+        standins.shopmonkey.inject_failures(1, status=None, hang_seconds=0.2, api_key=key)
+    before = _requests_by_key(standins, keys)
+    config = PollConfig(concurrency=4, claim_batch=4)
+    now = dt.datetime.now(UTC)
+    cycles = {}
+    start = threading.Barrier(2)
+
+    def poller(name: str) -> None:
+        start.wait()
+        cycles[name] = poll_cycle(database, vendors, now=now, config=config, claimer=name)
+
+    threads = [threading.Thread(target=poller, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    a, b = _ok(cycles["a"]), _ok(cycles["b"])
+    assert a and b, "both pollers took part"
+    assert not a & b and a | b == set(keys)
+    requests = Counter({t: n - before[t] for t, n in _requests_by_key(standins, keys).items()})
+    assert set(requests.values()) == {1}, requests  # no shop was asked twice
+    # Nothing is left claimed, and nothing is due before its next slot.
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM poll_state WHERE claimed_by IS NOT NULL").fetchone()["n"] == 0
+    with database.system_tx() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM poll_due_tenant_ids(%s)", (now,)).fetchone()["n"] == 0
+
+
+def test_shards_split_the_shops_and_each_polls_only_its_own(poll_db, vendors, standins):
+    url, database = poll_db
+    keys = _shops(url, standins, 12)
+    now = dt.datetime.now(UTC)
+    cycles = [poll_cycle(database, vendors, now=now, shard=Shard(i, 2)) for i in (0, 1)]
+    assert [_ok(c) for c in cycles] == [{t for t in keys if t % 2 == 0}, {t for t in keys if t % 2 == 1}]
+    assert "(shard 2/2)" in cycles[1].summary()
+
+
+def test_a_dead_pollers_claims_hold_until_their_lease_runs_out(poll_db, vendors, standins):
+    url, database = poll_db
+    keys = _shops(url, standins, 5)
+    now = dt.datetime.now(UTC)
+    with database.system_tx() as conn:
+        conn.execute("SELECT poll_prepare_shard(0, 1)")
+        claimed = conn.execute("SELECT poll_claim_due(0, 1, %s, 100, %s, 'a-poller-that-died') AS id",
+                               (now, LEASE)).fetchall()
+    assert {r["id"] for r in claimed} == set(keys)
+    assert poll_cycle(database, vendors, now=now + LEASE - dt.timedelta(seconds=1)).shops == []
+    # Named shops are refused too while another poller holds them.
+    (held,) = poll_cycle(database, vendors, now=now, tenant_ids=[next(iter(keys))]).shops
+    assert held.outcome == "not_reached" and "another poller" in held.error
+    later = poll_cycle(database, vendors, now=now + LEASE + dt.timedelta(seconds=1))
+    assert _ok(later) == set(keys)
+
+
+def test_ticks_every_5_seconds_poll_each_shop_once_per_30_seconds_spread_over_the_cycle(poll_db, vendors, standins):
+    url, database = poll_db
+    keys = _shops(url, standins, 60)
+    t0 = dt.datetime.now(UTC)
+    first = poll_cycle(database, vendors, now=t0)
+    assert _ok(first) == set(keys)  # never polled: all due at once, once
+    before = _requests_by_key(standins, keys)
+    # The next 30 seconds, one tick every 5 s: each tick takes the shops whose slot came.
+    ticks = [poll_cycle(database, vendors, now=t0 + dt.timedelta(seconds=5 * k)) for k in range(1, 7)]
+    polled = Counter(s.tenant_id for tick in ticks for s in tick.shops if s.outcome == "ok")
+    assert polled == Counter(set(keys))  # every shop once
+    assert all(6 <= len(tick.shops) <= 14 for tick in ticks), [len(t.shops) for t in ticks]
+    after = _requests_by_key(standins, keys)
+    assert {after[t] - before[t] for t in keys} == {1}
+    # Each shop's next slot is one cadence after the one it was polled for.
+    with database.system_tx() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM poll_due_tenant_ids(%s)",
+                            (t0 + dt.timedelta(seconds=30),)).fetchone()["n"] == 0
+
+
+def test_a_failing_shop_comes_back_at_its_own_slot_after_its_backoff(poll_db, vendors, standins):
+    url, database = poll_db
+    keys = _shops(url, standins, 1)
+    (tenant_id, key), = keys.items()
+    standins.shopmonkey.revoke_key(key)
+    now = dt.datetime.now(UTC)
+    (first,) = poll_cycle(database, vendors, now=now).shops
+    assert first.outcome == "unauthorized"
+    assert first.next_poll_at == next_slot(tenant_id, now, 30)  # first error: the next slot
+    (second,) = poll_cycle(database, vendors, now=first.next_poll_at).shops
+    assert second.next_poll_at == next_slot(tenant_id, first.next_poll_at + dt.timedelta(minutes=1), 30)
+    assert poll_cycle(database, vendors, now=second.next_poll_at - dt.timedelta(seconds=1)).shops == []
+    with database.system_tx() as conn:
+        counts = conn.execute("SELECT * FROM poll_backoff_counts(%s, 0, 1)", (first.next_poll_at,)).fetchall()
+    assert counts == [{"health": "unauthorized", "shops": 1}]
