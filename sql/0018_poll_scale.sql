@@ -27,7 +27,8 @@ ALTER TABLE poll_state
     -- CRMs whose deletions need their own query (Tekmetric): when it last ran completely.
     ADD COLUMN deletions_checked_at timestamptz;
 
-CREATE INDEX poll_state_due ON poll_state (next_poll_at NULLS FIRST);
+-- Never polled (NULL) sorts first: the due shops are a prefix of this index.
+CREATE INDEX poll_state_due ON poll_state ((coalesce(next_poll_at, '-infinity'::timestamptz)));
 CREATE INDEX poll_state_budget_app ON poll_state (budget_app) WHERE budget_app IS NOT NULL;
 
 -- Shops whose turn has come and that no poller holds, most overdue first (read only:
@@ -59,16 +60,21 @@ $$;
 -- Claims up to p_limit due shops of the shard for p_claimer until p_now + p_lease.
 -- SKIP LOCKED: a concurrent claimer passes over rows another is claiming instead of
 -- waiting for them, and the lease keeps them out of every other claim afterwards.
+-- enable_sort off: the planner takes the shard filter (a modulo) for far more selective
+-- than it is and would join and sort every due shop (4,000 at 20,000 shops: 10-40 ms a
+-- claim) instead of reading poll_state_due in order and stopping at p_limit (~1 ms).
 CREATE FUNCTION poll_claim_due(p_shard integer, p_shards integer, p_now timestamptz, p_limit integer,
                                p_lease interval, p_claimer text) RETURNS SETOF bigint
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp SET enable_sort = off AS $$
     WITH due AS (
-        SELECT p.tenant_id, p.next_poll_at, p.last_polled_at
+        SELECT p.tenant_id, p.next_poll_at
           FROM poll_state p JOIN tenants t ON t.id = p.tenant_id
          WHERE t.active AND p.tenant_id % p_shards = p_shard
-           AND (p.next_poll_at IS NULL OR p.next_poll_at <= p_now)
+           AND coalesce(p.next_poll_at, '-infinity'::timestamptz) <= p_now
            AND (p.claimed_until IS NULL OR p.claimed_until <= p_now)
-         ORDER BY p.next_poll_at NULLS FIRST, p.last_polled_at NULLS FIRST, p.tenant_id
+         -- The order of poll_state_due: the scan stops after p_limit rows instead of
+         -- sorting every due shop (thousands at once after an outage).
+         ORDER BY coalesce(p.next_poll_at, '-infinity'::timestamptz)
          LIMIT p_limit
            FOR UPDATE OF p SKIP LOCKED
     ), claimed AS (
@@ -77,7 +83,7 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
         RETURNING p.tenant_id
     )
     SELECT c.tenant_id FROM claimed c JOIN due d USING (tenant_id)
-     ORDER BY d.next_poll_at NULLS FIRST, d.last_polled_at NULLS FIRST, c.tenant_id
+     ORDER BY coalesce(d.next_poll_at, '-infinity'::timestamptz)
 $$;
 
 -- Claims exactly these active shops, due or not (an operator's or a test's poll of named

@@ -50,7 +50,7 @@ from lead_orchestrator.crm.base import Estimate, utc_iso
 from lead_orchestrator.crm.errors import CrmError, CrmRateLimited, CrmUnauthorized
 from lead_orchestrator.crm.pace import pacer_for
 from lead_orchestrator.services.shop_clients import MissingCredentials
-from lead_orchestrator.store.inbox import NewEvent, insert_event, release_parked_events
+from lead_orchestrator.store.inbox import RELEASE_PARKED, NewEvent, insert_event
 from lead_orchestrator.store.shops import Shop, load_shop
 
 log = logging.getLogger(__name__)
@@ -415,14 +415,16 @@ _STATE = """SELECT watermark, consecutive_errors, busy, last_change_at, deletion
               FROM poll_state"""
 
 _SUCCESS = """
-    UPDATE poll_state SET
+    WITH state AS (UPDATE poll_state SET
         watermark = GREATEST(watermark, %(wm)s), last_polled_at = %(now)s, last_success_at = %(now)s,
         consecutive_errors = 0, health = 'ok', next_poll_at = %(next)s, wait_reason = 'cadence',
         cadence_s = %(cadence)s, last_rows_received = %(received)s, last_rows_kept = %(kept)s,
         budget_app = %(app)s, busy = %(busy)s,
         last_change_at = CASE WHEN %(changed)s THEN %(now)s ELSE last_change_at END,
         deletions_checked_at = CASE WHEN %(deletions)s THEN %(now)s ELSE deletions_checked_at END,
-        claimed_by = NULL, claimed_until = NULL"""
+        claimed_by = NULL, claimed_until = NULL RETURNING 1),
+    released AS (""" + RELEASE_PARKED + """ RETURNING 1)
+    SELECT count(*) AS released FROM released"""
 
 _FAILURE = """
     UPDATE poll_state SET
@@ -450,7 +452,9 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
         result.outcome = "not_reached"  # deactivated meanwhile
         return result
     errors = state["consecutive_errors"]
-    deadline = min(started + (config.failing_shop_budget_s if errors else config.shop_budget_s), tick.deadline)
+    # A shop once started has its whole budget: cutting it at the tick's end would only
+    # turn a slow answer into a failure (the tick starts no shop after its own budget).
+    deadline = started + (config.failing_shop_budget_s if errors else config.shop_budget_s)
     watermark = state["watermark"]
     result.since = window_start(watermark, state["connected_at"], shop.max_lead_age_days, now, config.overlap)
     turn = _Turn(result, tick.claimer, now, config.cadence_s)
@@ -487,12 +491,11 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
             result.cadence_s = turn.cadence_s
             result.next_poll_at = next_slot(tenant_id, now, turn.cadence_s)
             result.deletions_checked = changes.deletions_read
-            conn.execute(_SUCCESS, {"wm": result.watermark, "now": now, "next": result.next_poll_at,
-                                    "cadence": turn.cadence_s, "received": changes.received, "kept": changes.kept,
-                                    "app": turn.budget_app, "busy": busy, "changed": result.stored > 0,
-                                    "deletions": changes.deletions_read})
-            # The key works: whatever waited for it goes back to the queue now.
-            result.released = release_parked_events(conn)
+            # The key works: whatever waited for it goes back to the queue now (same statement).
+            result.released = conn.execute(_SUCCESS, {
+                "wm": result.watermark, "now": now, "next": result.next_poll_at, "cadence": turn.cadence_s,
+                "received": changes.received, "kept": changes.kept, "app": turn.budget_app, "busy": busy,
+                "changed": result.stored > 0, "deletions": changes.deletions_read}).fetchone()["released"]
         else:  # what was read is stored; the rest is read again from the watermark next time
             conn.execute("UPDATE poll_state SET watermark = GREATEST(watermark, %(wm)s)", {"wm": result.watermark})
     if changes.error is not None:
