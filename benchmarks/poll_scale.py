@@ -138,14 +138,21 @@ def _poller(url: str, standin_url: str, shard: tuple[int, int], concurrency: int
     db.close()
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def _cpu(procs: list[psutil.Process]) -> dict[int, float]:
+    times = {}
     for p in procs:
         try:
-            total += sum(p.cpu_times()[:2])
+            times[p.pid] = sum(p.cpu_times()[:2])
         except psutil.Error:
             pass
-    return total
+    return times
+
+
+def _cpu_since(procs: list[psutil.Process], before: dict[int, float]) -> float:
+    """CPU used since `before` by the processes still alive (a backend that exited took
+    its count with it; the pollers' pooled connections live through the window)."""
+    now = _cpu(procs)
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
 
 
 def _postgres_procs(server) -> list[psutil.Process]:
@@ -195,7 +202,7 @@ def run_size(count: int, args) -> dict:
                 else:
                     ticks.append(item)
             steady_wall = time.time() - plan["steady_at"]
-            cpu = {name: _cpu(procs) - cpu_before[name] for name, procs in watched.items()}
+            cpu = {name: _cpu_since(procs, cpu_before[name]) for name, procs in watched.items()}
             with httpx.Client() as client:
                 counts = client.get(f"{standin_url}/_standin/requests", timeout=60).json()
             for p in pollers:

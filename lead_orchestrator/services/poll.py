@@ -289,12 +289,19 @@ def shopmonkey_clients(vendors) -> Callable:
 class _Tick:
     """What every shop of one tick shares: the pools, the clock, the claim, the plans."""
 
-    def __init__(self, db, crm_for, http, now: dt.datetime, deadline: float, config: PollConfig,
+    def __init__(self, db, crm_for, http, now: dt.datetime, started: float, config: PollConfig,
                  claimer: str) -> None:
         self.db, self.crm_for, self.http, self.now = db, crm_for, http, now
-        self.deadline, self.config, self.claimer = deadline, config, claimer
+        self.started, self.deadline = started, started + config.cycle_budget_s
+        self.config, self.claimer = config, claimer
         self._plans: dict[str, object] = {}
         self._plans_lock = threading.Lock()
+
+    def clock(self) -> dt.datetime:
+        """The tick's `now` moved on by the time the tick has run: a shop polled late in
+        a long tick gets its next slot after its poll, not after the tick's start (which
+        could already have passed, and the shop would be asked twice in a few seconds)."""
+        return self.now + dt.timedelta(seconds=time.monotonic() - self.started)
 
     def plan(self, budget):
         """The poll plan of a shared budget, once per tick (one count over all shards)."""
@@ -322,8 +329,7 @@ def poll_cycle(db, vendors, *, http: httpx.Client | None = None, now: dt.datetim
     cycle = PollCycle(shard=shard)
     own_http = http is None
     http = http or new_http_client(config)
-    tick = _Tick(db, crm_for or shopmonkey_clients(vendors), http, now, started + config.cycle_budget_s,
-                 config, claimer)
+    tick = _Tick(db, crm_for or shopmonkey_clients(vendors), http, now, started, config, claimer)
     try:
         with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="poll") as pool:
             if tenant_ids is not None:
@@ -405,7 +411,8 @@ class _Turn:
 
     result: ShopPoll
     claimer: str
-    now: dt.datetime
+    now: dt.datetime  # the tick's: what last_polled_at says
+    clock: Callable[[], dt.datetime]  # the tick's clock: next slots count from the poll itself
     cadence_s: int
     budget_app: str | None = None
 
@@ -457,7 +464,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
     deadline = started + (config.failing_shop_budget_s if errors else config.shop_budget_s)
     watermark = state["watermark"]
     result.since = window_start(watermark, state["connected_at"], shop.max_lead_age_days, now, config.overlap)
-    turn = _Turn(result, tick.claimer, now, config.cadence_s)
+    turn = _Turn(result, tick.claimer, now, tick.clock, config.cadence_s)
 
     try:
         crm = tick.crm_for(shop, http=tick.http, pacer=pacer_for(tick.db, shop))
@@ -489,7 +496,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
                 busy = busy or conn.execute(_HAS_OPEN_LEAD).fetchone()["open"]
                 turn.cadence_s = _cadence(plan, busy)
             result.cadence_s = turn.cadence_s
-            result.next_poll_at = next_slot(tenant_id, now, turn.cadence_s)
+            result.next_poll_at = next_slot(tenant_id, tick.clock(), turn.cadence_s)
             result.deletions_checked = changes.deletions_read
             # The key works: whatever waited for it goes back to the queue now (same statement).
             result.released = conn.execute(_SUCCESS, {
@@ -539,7 +546,7 @@ def _record_failure(db, turn: _Turn, exc: Exception, errors_before: int) -> Shop
     if retry_after:
         wait_for = max(wait_for, dt.timedelta(seconds=retry_after))
     # Back at the shop's own slot once the backoff is over: failing shops stay spread too.
-    result.next_poll_at = next_slot(result.tenant_id, now + wait_for, turn.cadence_s)
+    result.next_poll_at = next_slot(result.tenant_id, turn.clock() + wait_for, turn.cadence_s)
     log.warning("poll of shop %s: %s (attempt %s, next try at %s)", result.slug, exc, errors,
                 result.next_poll_at.isoformat(timespec="seconds"))
     with db.tenant_tx(result.tenant_id) as conn:
@@ -557,8 +564,8 @@ def _record_rate_limited(db, turn: _Turn, exc: CrmRateLimited) -> ShopPoll:
     result, now = turn.result, turn.now
     result.outcome, result.error = "rate_limited", str(exc)
     wait_for = dt.timedelta(seconds=max(1.0, exc.retry_after or 1.0))
-    result.next_poll_at = (next_slot(result.tenant_id, now + wait_for, turn.cadence_s) if turn.budget_app
-                           else now + wait_for)
+    at = turn.clock() + wait_for
+    result.next_poll_at = next_slot(result.tenant_id, at, turn.cadence_s) if turn.budget_app else at
     with db.tenant_tx(result.tenant_id) as conn:
         conn.execute(_RATE_LIMITED, {"now": now, "next": result.next_poll_at, "cadence": turn.cadence_s,
                                      "app": turn.budget_app})
