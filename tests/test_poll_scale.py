@@ -3,11 +3,8 @@ pollers off the same shop — against real PostgreSQL (a database of their own, 
 "every due shop" means these tests' shops) and the ShopMonkey stand-in over HTTP."""
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import os
 import threading
-import uuid
 from collections import Counter
 
 import psycopg
@@ -15,9 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from lead_orchestrator.services.poll import PollConfig, Shard, next_slot, poll_cycle, slot_phase_s
-from lead_orchestrator.store.db import Database
-from lead_orchestrator.store.shops import ShopChanges, create_shop
-from tests.conftest import scratch_database
+from tests.poll_support import add_shops, poll_db  # noqa: F401 - poll_db is a fixture
 
 UTC = dt.timezone.utc
 LEASE = dt.timedelta(seconds=PollConfig().lease_s)
@@ -55,29 +50,10 @@ def test_every_shop_is_in_exactly_one_shard():
 
 # --- against the database and the stand-in -------------------------------------------
 
-@pytest.fixture
-def poll_db(pg):
-    """A database of its own: here, "every due shop" means this test's shops."""
-    with scratch_database(pg, "pollscale") as url:
-        database = Database(url, max_size=8, name="pollscale").open()
-        try:
-            yield url, database
-        finally:
-            database.close()
-
-
 def _shops(url: str, standins, count: int) -> dict[int, str]:
-    """`count` active shops with a ShopMonkey key each: tenant id -> key."""
-    keys = {}
-    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        for _ in range(count):
-            key = "scale-" + uuid.uuid4().hex
-            shop = create_shop(conn, f"scale-{uuid.uuid4().hex[:10]}", "Scale shop", ShopChanges(
-                shopmonkey_api_key=key, webhook_secret="whsec_" + base64.b64encode(os.urandom(24)).decode(),
-                sendgrid_api_key="SG.scale-key-0123456789abcdef", sendgrid_sender="service@scale.example",
-                postal_address="1 Scale St, Austin, TX 78701"))
-            standins.shopmonkey.add_shop(key)
-            keys[shop.id] = key
+    keys = add_shops(url, count)
+    for key in keys.values():
+        standins.shopmonkey.add_shop(key)
     return keys
 
 

@@ -50,6 +50,7 @@ class AppBudget:
         self.db, self.app = db, app
         self.budget_per_minute = budget_per_minute
         self.requests_per_minute = math.floor(budget_per_minute * safe_share)
+        self.burst = burst
         self.interval_ms = 60_000.0 / self.requests_per_minute
         self.tolerance_ms = burst * self.interval_ms
         self.max_wait_s = max_wait_s
@@ -61,8 +62,9 @@ class AppBudget:
 
     @property
     def max_per_minute(self) -> int:
-        """The most this budget lets through in any 60 seconds."""
-        return math.floor((60_000.0 + self.tolerance_ms) / self.interval_ms) + 1
+        """The most this budget lets through in any 60 seconds: (60 s + burst × interval)
+        / interval + 1."""
+        return self.requests_per_minute + self.burst + 1
 
     def acquire(self, deadline: float | None = None) -> None:
         """Returns when a request may be sent (its slot is taken), or raises CrmRateLimited."""
