@@ -272,3 +272,7 @@ main.add_command(_sql)
 from lead_orchestrator.cli.replies import replies as _replies  # noqa: E402  (email replies: docs/replies.md)
 
 main.add_command(_replies)
+
+from lead_orchestrator.cli.poll import poll as _poll  # noqa: E402  (the backup poll as a process: docs/poll.md)
+
+main.add_command(_poll)
