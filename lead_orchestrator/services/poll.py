@@ -454,6 +454,8 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
     with tick.db.tenant_tx(tenant_id) as conn:
         shop = load_shop(conn, tenant_id)
         state = conn.execute(_STATE).fetchone()
+        # The first request's pacer slot, reserved in this transaction rather than one of its own.
+        pacer = pacer_for(tick.db, shop).reserved_in(conn) if shop is not None and shop.active else None
     result = ShopPoll(tenant_id, slug=shop.slug if shop else None)
     if shop is None or state is None or not shop.active:
         result.outcome = "not_reached"  # deactivated meanwhile
@@ -467,7 +469,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
     turn = _Turn(result, tick.claimer, now, tick.clock, config.cadence_s)
 
     try:
-        crm = tick.crm_for(shop, http=tick.http, pacer=pacer_for(tick.db, shop))
+        crm = tick.crm_for(shop, http=tick.http, pacer=pacer)
     except MissingCredentials as exc:
         return _record_failure(tick.db, turn, exc, errors)
     budget = getattr(crm, "shared_budget", None)
