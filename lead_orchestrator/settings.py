@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
@@ -67,7 +67,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".data"), alias="LEAD_DATA_DIR")
     # Where Twilio/SendGrid/ShopMonkey reach the receiver (status callbacks, unsubscribe links).
-    public_base_url: str = Field(default="http://127.0.0.1:8000", alias="PUBLIC_BASE_URL")
+    # Unset: the receiver's own address (RECEIVER_HOST:RECEIVER_PORT), right for local use.
+    public_base_url: str = Field(default=None, alias="PUBLIC_BASE_URL", validate_default=False)
     receiver_host: str = Field(default="127.0.0.1", alias="RECEIVER_HOST")
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
@@ -129,11 +130,23 @@ class Settings(BaseSettings):
     alert_email_to: str | None = Field(default=None, alias="ALERT_EMAIL_TO")
     alert_email_from: str | None = Field(default=None, alias="ALERT_EMAIL_FROM")
     alert_sendgrid_api_key: SecretStr | None = Field(default=None, alias="ALERT_SENDGRID_API_KEY")
-    dagster_ui_url: str = Field(default="http://127.0.0.1:3000", alias="DAGSTER_UI_URL")
+    # Unset: the local webserver (127.0.0.1:DAGSTER_PORT).
+    dagster_ui_url: str = Field(default=None, alias="DAGSTER_UI_URL", validate_default=False)
     # First hourly touch-point window; unset: the day the Dagster instance first loaded the code.
     touchpoints_start_date: str | None = Field(default=None, alias="TOUCHPOINTS_START_DATE")
     run_retention_days: int = Field(default=30, gt=0, alias="RUN_RETENTION_DAYS")
     inbox_retention_days: int = Field(default=365, gt=0, alias="INBOX_RETENTION_DAYS")
+
+    @model_validator(mode="after")
+    def _local_addresses(self) -> "Settings":
+        # Defaults that follow the ports, so RECEIVER_PORT=9000 alone still gives callback
+        # and unsubscribe links that reach the receiver.
+        if self.public_base_url is None:
+            host = "127.0.0.1" if self.receiver_host in ("0.0.0.0", "::", "") else self.receiver_host
+            self.public_base_url = f"http://{host}:{self.receiver_port}"
+        if self.dagster_ui_url is None:
+            self.dagster_ui_url = f"http://127.0.0.1:{self.dagster_port}"
+        return self
 
     def secret_key(self) -> str:
         from lead_orchestrator import redaction

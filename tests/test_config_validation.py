@@ -18,6 +18,19 @@ URL_VARIABLES = ("PUBLIC_BASE_URL", "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL"
 
 # --- base URLs ---------------------------------------------------------------------------
 
+def test_local_addresses_follow_the_ports_unless_set(monkeypatch):
+    for variable in ("PUBLIC_BASE_URL", "DAGSTER_UI_URL", "RECEIVER_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("RECEIVER_PORT", "9100")
+    monkeypatch.setenv("DAGSTER_PORT", "9200")
+    settings = Settings()
+    assert (settings.public_base_url, settings.dagster_ui_url) == ("http://127.0.0.1:9100", "http://127.0.0.1:9200")
+    monkeypatch.setenv("RECEIVER_HOST", "0.0.0.0")  # listening everywhere: links still name an address
+    assert Settings().public_base_url == "http://127.0.0.1:9100"
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://hooks.example.com/")
+    assert Settings().public_base_url == "https://hooks.example.com"
+
+
 @pytest.mark.parametrize("variable", URL_VARIABLES)
 @pytest.mark.parametrize("value,problem", [
     ("hooks.example.com", "must start with http:// or https://"),

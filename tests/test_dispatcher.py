@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from lead_orchestrator.runtime.dispatcher import DagsterReporter, Dispatcher
+from lead_orchestrator.runtime.dispatcher import Dispatcher
+from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 
@@ -44,8 +45,14 @@ def test_events_given_back_after_a_shopmonkey_outage_are_retried_later(running_d
     created = standins.shopmonkey.create_order(key, wait_webhook=True)
     phone = created["customer"]["phoneNumbers"][0]["number"]
     wait_for(lambda: sms_to(standins, phone), timeout=20, message="SMS after the outage")
-    row = admin.execute("SELECT status, attempts FROM inbox_events WHERE tenant_id = %s", (shop.id,)).fetchone()
-    assert row["status"] == "done" and row["attempts"] >= 2
+
+    def event():
+        return admin.execute("SELECT status, attempts FROM inbox_events WHERE tenant_id = %s", (shop.id,)).fetchone()
+
+    # The event is marked done in the transaction that records the send, just after the
+    # stand-in has the SMS: wait for it rather than read it at once.
+    wait_for(lambda: event()["status"] == "done", timeout=10, message="event done after its SMS")
+    assert event()["attempts"] >= 2
 
 
 def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, standins, dagster_instance):
@@ -53,7 +60,7 @@ def test_reporter_records_leads_history_per_shop(db, vendors, connected_shop, st
 
     shop = connected_shop()
     standins.shopmonkey.create_order(shop.shopmonkey_api_key.get_secret_value(), wait_webhook=True)
-    dispatcher = Dispatcher(db, vendors, workers=2, reporter=DagsterReporter(db))
+    dispatcher = Dispatcher(db, vendors, workers=2, reporter=BackgroundRecorder(LeadsHistory(db), "dispatcher"))
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)
     thread.start()

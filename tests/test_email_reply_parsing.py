@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from itsdangerous import URLSafeSerializer
 
 from lead_orchestrator.messaging.auto_replies import auto_reply_reason
-from lead_orchestrator.messaging.email_replies import valid_forward_address
+from lead_orchestrator.services.email_replies import valid_forward_address
 from lead_orchestrator.messaging.inbound_email import InboundEmailError, html_to_text, new_text, read_parse_post
 from lead_orchestrator.domain.messages import compose, sample_lead
 from lead_orchestrator.messaging.reply_address import MAX_LOCAL_PART, read_reply_address, reply_address, reply_local_part

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import sendgrid
-from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH
+from lead_orchestrator.services.email_replies import INBOUND_PARSE_PATH
 from lead_orchestrator.messaging.reply_address import reply_address
 from lead_orchestrator.services.touch_sweep import send_due_touches
 from lead_orchestrator.services.shop_clients import Vendors

@@ -14,7 +14,7 @@ import pytest
 
 from lead_orchestrator.runtime.dispatcher import Dispatcher
 from lead_orchestrator.messaging.senders import EMAIL_SETTLE, SMS_SETTLE
-from lead_orchestrator.messaging.send_reconcile import reconcile_in_flight_sends
+from lead_orchestrator.services.send_reconcile import reconcile_in_flight_sends
 from lead_orchestrator.services.timeline import format_timeline, lead_timeline
 from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.conftest import emails_to, sms_to

@@ -8,7 +8,7 @@ import click
 import psycopg
 from pydantic import ValidationError
 
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.settings import ConfigError, get_settings
 from lead_orchestrator.store.shops import (SECRET_FIELDS, ShopCannotSend, ShopChanges, create_shop, get_shop, list_shops,
@@ -56,7 +56,7 @@ def dispatcher(workers: int) -> None:
     import threading
 
     from lead_orchestrator.store.db import Database
-    from lead_orchestrator.runtime.dispatcher import DagsterReporter, Dispatcher
+    from lead_orchestrator.runtime.dispatcher import Dispatcher
     from lead_orchestrator.services.shop_clients import vendors_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,7 +70,7 @@ def dispatcher(workers: int) -> None:
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
         db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
-        reporter = DagsterReporter(db) if settings.dagster_home else None
+        reporter = _leads_history_recorder(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
         click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
@@ -78,6 +78,15 @@ def dispatcher(workers: int) -> None:
             Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
         finally:
             db.close()
+
+
+def _leads_history_recorder(db):
+    """Dagster's `leads` history for the dispatcher's results. The CLI is where the parts
+    are assembled, so it is the one place in this package that reaches into
+    orchestrator_dagster (lazily: the other commands never import Dagster)."""
+    from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
+
+    return BackgroundRecorder(LeadsHistory(db), "dispatcher")
 
 
 @main.command("rotate-encryption-key", help=(
@@ -131,18 +140,6 @@ def _replace_file(path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(tmp, path)
-
-
-@main.command(help="Run the local ShopMonkey, Twilio and SendGrid stand-ins alone.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--shopmonkey-port", default=8701, show_default=True)
-@click.option("--twilio-port", default=8702, show_default=True)
-@click.option("--sendgrid-port", default=8703, show_default=True)
-def standins(host: str, shopmonkey_port: int, twilio_port: int, sendgrid_port: int) -> None:
-    from standins.__main__ import main as run_standins
-
-    run_standins(["--host", host, "--shopmonkey-port", str(shopmonkey_port),
-                  "--twilio-port", str(twilio_port), "--sendgrid-port", str(sendgrid_port)])
 
 
 # --- shops ------------------------------------------------------------------------------
@@ -246,7 +243,7 @@ def shops_show(slug: str) -> None:
             shop = get_shop(conn, slug)
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
-    from lead_orchestrator.messaging.email_replies import reply_setup
+    from lead_orchestrator.services.email_replies import reply_setup
 
     click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(get_settings(), shop)}, indent=2))
 

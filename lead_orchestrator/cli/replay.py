@@ -7,7 +7,7 @@ import datetime as dt
 import click
 import psycopg
 
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.services.replay import REPLAYABLE, replay_events
 from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.shops import get_shop

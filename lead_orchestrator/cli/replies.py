@@ -7,8 +7,8 @@ import json
 import click
 import psycopg
 
-from lead_orchestrator.store.setup import database_url_for
-from lead_orchestrator.messaging.email_replies import FORWARD_SETTING, reply_setup, valid_forward_address
+from lead_orchestrator.runtime.database import database_url_for
+from lead_orchestrator.services.email_replies import FORWARD_SETTING, reply_setup, valid_forward_address
 from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.shops import ShopChanges, get_shop, update_shop
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from lead_orchestrator.store.analyst_role import analyst_url
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.db import libpq_url
 from lead_orchestrator.settings import get_settings
 

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from lead_orchestrator.store.analyst_role import analyst_connection
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.settings import get_settings
 from lead_orchestrator.services.timeline import shop_time
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import psycopg
 
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.shops import ShopChanges, get_shop, update_shop
 

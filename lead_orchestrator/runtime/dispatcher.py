@@ -26,12 +26,13 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import psycopg
 
 from lead_orchestrator.store.db import is_connection_error, short_reason
 from lead_orchestrator.services.ingest import EventResult, claim_events, process_event, release_event
-from lead_orchestrator.messaging.send_reconcile import start_send_reconciler
+from lead_orchestrator.services.send_reconcile import start_send_reconciler
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,16 @@ def preload_vendor_sdks() -> None:
     import lead_orchestrator.messaging.sdk_clients  # noqa: F401
 
 
-class DagsterReporter:
-    """Records the fast path's results as `leads` history points in Dagster, on a thread
-    of its own (orchestrator_dagster/history.py: cumulative figures from the tables, and
-    the batch's)."""
+class ResultsReporter(Protocol):
+    """Where the fast path's results go besides the tables: in a deployment, Dagster's
+    `leads` history (orchestrator_dagster.history.BackgroundRecorder, built by the CLI).
+    The dispatcher knows nothing of Dagster."""
 
-    def __init__(self, db):
-        from orchestrator_dagster.history import BackgroundRecorder, LeadsHistory
-
-        self._recorder = BackgroundRecorder(LeadsHistory(db), "dispatcher")
-
-    def report(self, results: list[EventResult]) -> None:
-        self._recorder.submit(results)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._recorder.wait(timeout)
+    def submit(self, results: list[EventResult]) -> None: ...
 
 
 class Dispatcher:
-    def __init__(self, db, vendors, *, workers: int = 8, reporter: DagsterReporter | None = None,
+    def __init__(self, db, vendors, *, workers: int = 8, reporter: ResultsReporter | None = None,
                  claimer: str | None = None):
         self.db, self.vendors, self.workers, self.reporter = db, vendors, workers, reporter
         self.claimer = claimer or f"dispatcher-{os.getpid()}"
@@ -214,7 +206,7 @@ class Dispatcher:
             results, self._results = self._results, []
         if results and self.reporter is not None:
             try:
-                self.reporter.report(results)
+                self.reporter.submit(results)
             except Exception as exc:  # noqa: BLE001 - reporting must never stop sending
                 log.warning("could not record leads materializations in Dagster (%s); trying again at the "
                             "next flush", short_reason(exc))

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.db import libpq_url, sqlalchemy_psycopg2_url
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.runtime.postgres_child import EmbeddedPostgresChild
@@ -174,7 +174,7 @@ def connect_demo_email_events(database_url: str, urls: dict[str, str], receiver_
 def connect_demo_replies(urls: dict[str, str], receiver_url: str, domain: str) -> None:
     """The SendGrid stand-in posts mail for the demo parse domain to the receiver, as
     SendGrid Inbound Parse would (docs/replies.md)."""
-    from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH
+    from lead_orchestrator.services.email_replies import INBOUND_PARSE_PATH
 
     httpx.post(f"{urls['sendgrid']}/_standin/inbound-parse", timeout=5,
                json={"hostname": domain, "url": receiver_url + INBOUND_PARSE_PATH}).raise_for_status()

@@ -33,15 +33,3 @@ def replay_events(conn: psycopg.Connection, tenant_id: int, *, statuses: tuple[s
     rows = conn.execute(_REQUEUE, {"tenant_id": tenant_id, "statuses": list(statuses), "order_id": order_id, "since": since,
                                    "until": until, "note": "replayed by an operator after: "}).fetchall()
     return len(rows)
-
-
-def credentials_changed(conn: psycopg.Connection, tenant_id: int) -> int:
-    """The shop's CRM credentials were replaced (owner connection, `shops update`): its
-    parked events go back to the queue and the poll tries the new key on its next cycle.
-    If the new key is refused too, the first event parks the shop again."""
-    conn.execute("UPDATE poll_state SET health = 'ok', next_poll_at = NULL, consecutive_errors = 0 "
-                 "WHERE tenant_id = %s AND health <> 'ok'", (tenant_id,))
-    return conn.execute(
-        """UPDATE inbox_events SET status = 'pending', available_at = clock_timestamp(), claimed_by = NULL,
-                  status_changed_at = clock_timestamp(), error = 'released (credentials updated) after: ' || coalesce(error, '')
-            WHERE tenant_id = %s AND status = 'parked'""", (tenant_id,)).rowcount

@@ -3,6 +3,7 @@ URLs, and the public URLs the vendors call back (status callbacks, unsubscribe) 
 addresses customers reply to (docs/replies.md)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from itsdangerous import URLSafeSerializer
@@ -27,6 +28,7 @@ class Vendors:
     inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
     send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
     _cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def shopmonkey(self, shop: Shop, *, http=None, pacer=None) -> ShopMonkeyClient:
         """`pacer`: the shop's crm_pace.CrmPacer (shared by every caller in every process)."""
@@ -68,9 +70,12 @@ class Vendors:
         return reply_address(self.secret_key, self.inbound_parse_domain, shop.id, lead_id)
 
     def _cached(self, key, build):
-        if key not in self._cache:
-            self._cache[key] = build()
-        return self._cache[key]
+        # Workers ask for the same shop's client at once at the start of a burst: build
+        # each client once, not once per worker that missed the cache.
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
 
     def close(self) -> None:
         for client in self._cache.values():

@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from typing import Callable, Iterable
 
-from lead_orchestrator.messaging.send_reconcile import reconcile_in_flight_sends
+from lead_orchestrator.services.send_reconcile import reconcile_in_flight_sends
 from lead_orchestrator.store.shops import load_shop
 from lead_orchestrator.services.touches import due_touch_ids, send_touch
 

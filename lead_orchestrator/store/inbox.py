@@ -92,3 +92,15 @@ def release_parked_events(conn: psycopg.Connection) -> int:
     """Gives the transaction's shop's parked events back to the queue (its CRM key was
     fixed or works again); returns how many."""
     return conn.execute(RELEASE_PARKED).rowcount
+
+
+def release_after_new_credentials(conn: psycopg.Connection, tenant_id: int) -> int:
+    """The shop's CRM credentials were replaced (owner connection, `shops update`): its
+    parked events go back to the queue and the poll tries the new key on its next cycle.
+    If the new key is refused too, the first event parks the shop again."""
+    conn.execute("UPDATE poll_state SET health = 'ok', next_poll_at = NULL, consecutive_errors = 0 "
+                 "WHERE tenant_id = %s AND health <> 'ok'", (tenant_id,))
+    return conn.execute(
+        """UPDATE inbox_events SET status = 'pending', available_at = clock_timestamp(), claimed_by = NULL,
+                  status_changed_at = clock_timestamp(), error = 'released (credentials updated) after: ' || coalesce(error, '')
+            WHERE tenant_id = %s AND status = 'parked'""", (tenant_id,)).rowcount

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from lead_orchestrator.store.inbox import release_after_new_credentials
 from lead_orchestrator.store.secret_box import SecretBox, default_box
 
 SECRET_FIELDS = ("shopmonkey_api_key", "webhook_secret", "twilio_auth_token", "sendgrid_api_key")
@@ -283,9 +284,7 @@ def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
             _adapt({**values, "slug": slug}),
         ).fetchone()
         if row and "shopmonkey_api_key" in values:
-            from lead_orchestrator.services.replay import credentials_changed
-
-            credentials_changed(conn, row["id"])
+            release_after_new_credentials(conn, row["id"])
     return shop_from_row(row, box) if row else None
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.messaging.delivery import apply_email_event
+from lead_orchestrator.services.delivery import apply_email_event
 from lead_orchestrator.store.shops import Shop
 from webhook_receiver import metrics
 from webhook_receiver.deps import (DATABASE_ERRORS, current_shop, database_unavailable, get_db, read_limited_body,

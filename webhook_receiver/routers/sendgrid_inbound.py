@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.messaging.email_replies import INBOUND_PARSE_PATH, forward_reply, receive_email_reply
+from lead_orchestrator.services.email_replies import INBOUND_PARSE_PATH, forward_reply, receive_email_reply
 from lead_orchestrator.messaging.inbound_email import InboundEmail, InboundEmailError, read_parse_post
 from lead_orchestrator.messaging.reply_address import is_reply_address, read_reply_address
 from lead_orchestrator.settings import Settings

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.messaging.delivery import apply_sms_status
+from lead_orchestrator.services.delivery import apply_sms_status
 from lead_orchestrator.settings import Settings
 from lead_orchestrator.store.shops import Shop
 from lead_orchestrator.services.stop_conditions import handle_inbound_sms

@@ -14,6 +14,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
+from lead_orchestrator.crm.http import http_client
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 from lead_orchestrator.domain.qualification import parse_time
 
@@ -102,7 +103,7 @@ class ShopMonkeyClient:
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0,
                  max_attempts: int = 4, http: httpx.Client | None = None, pacer=None):
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or http_client(timeout)
         self._owns_http = http is None
         self._timeout = timeout
         self._base = base_url.rstrip("/")

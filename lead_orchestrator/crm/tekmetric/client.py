@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
+from lead_orchestrator.crm.http import http_client
 from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, safe_per_minute
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
@@ -54,7 +55,7 @@ class TekmetricClient:
         self.limiter = limiter
         self._base = base_url.rstrip("/")
         self._auth = (client_id, client_secret)
-        self._http = http or httpx.Client(timeout=timeout)
+        self._http = http or http_client(timeout)
         self._owns_http = http is None
         self._timeout = timeout
         self._max_attempts = max_attempts
