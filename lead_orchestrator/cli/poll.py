@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from lead_orchestrator.settings import get_settings
-from lead_orchestrator.store.setup import database_url_for
+from lead_orchestrator.runtime.database import database_url_for
 
 TICK_SECONDS = 5.0
 
