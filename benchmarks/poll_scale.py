@@ -41,7 +41,7 @@ import httpx
 import psutil
 import psycopg
 
-from benchmarks.common import machine, percentile, say, start_database
+from benchmarks.common import machine, percentile, process_cpu, say, start_database
 
 TICK_S = 5.0
 CADENCE_S = 30.0
@@ -146,15 +146,7 @@ def _tree_cpu(pid: int) -> float:
     per connection, and pools open and close connections as they please."""
     try:
         root = psutil.Process(pid)
-        times = root.cpu_times()
-        total = times.user + times.system + times.children_user + times.children_system
-        for child in root.children(recursive=True):
-            try:
-                t = child.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
+        return process_cpu(root, reaped_children=True) + sum(map(process_cpu, root.children(recursive=True)))
     except psutil.Error:
         return 0.0
 

@@ -202,15 +202,20 @@ LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = public, pg_temp AS $$
            limited_count = b.limited_count + 1
 $$;
 
-REVOKE ALL ON FUNCTION poll_prepare_shard(integer, integer),
-    poll_claim_due(integer, integer, timestamptz, integer, interval, text),
-    poll_claim_tenants(bigint[], timestamptz, interval, text), poll_release(bigint[], text),
-    poll_backoff_counts(timestamptz, integer, integer), poll_budget_counts(text),
-    crm_app_reserve(text, double precision, double precision, double precision),
-    crm_app_limited(text, double precision) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION poll_prepare_shard(integer, integer),
-    poll_claim_due(integer, integer, timestamptz, integer, interval, text),
-    poll_claim_tenants(bigint[], timestamptz, interval, text), poll_release(bigint[], text),
-    poll_backoff_counts(timestamptz, integer, integer), poll_budget_counts(text),
-    crm_app_reserve(text, double precision, double precision, double precision),
-    crm_app_limited(text, double precision) TO lead_app;
+-- Callable by the application role only.
+DO $$
+DECLARE f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'poll_prepare_shard(integer, integer)',
+        'poll_claim_due(integer, integer, timestamptz, integer, interval, text)',
+        'poll_claim_tenants(bigint[], timestamptz, interval, text)', 'poll_release(bigint[], text)',
+        'poll_backoff_counts(timestamptz, integer, integer)', 'poll_budget_counts(text)',
+        'crm_app_reserve(text, double precision, double precision, double precision)',
+        'crm_app_limited(text, double precision)']
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO lead_app', f);
+    END LOOP;
+END
+$$;
