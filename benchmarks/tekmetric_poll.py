@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--fetches-per-minute", type=float, default=40.0)
     parser.add_argument("--cold", action="store_true", help="every shop new and due at once")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
 
     from lead_orchestrator.crm.app_budget import app_key

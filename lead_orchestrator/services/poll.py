@@ -75,7 +75,7 @@ class PollConfig:
     shop_budget_s: float = 15.0
     failing_shop_budget_s: float = 5.0  # a shop that failed last time gets less of the cycle
     cycle_budget_s: float = 25.0  # under the 30 s cadence, so a shop not reached is still on time
-    concurrency: int = 32  # shops in flight, and connections to the CRM, per poller
+    concurrency: int = 64  # shops in flight, and connections to the CRM, per poller
     cadence_s: int = 30  # each shop's slot comes round this often
     lease_s: float = 60.0  # a claim outlives any shop's budget; a dead poller's shops return after it
     claim_batch: int = 0  # shops claimed at a time (0: twice the concurrency)
@@ -120,6 +120,7 @@ class ShopPoll:
     requests: int = 0
     seconds: float = 0.0
     error: str | None = None
+    polled_at: dt.datetime | None = None  # when its poll began (the tick's clock)
     next_poll_at: dt.datetime | None = None
     cadence_s: int | None = None
     deletions_checked: bool = False
@@ -456,7 +457,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
         state = conn.execute(_STATE).fetchone()
         # The first request's pacer slot, reserved in this transaction rather than one of its own.
         pacer = pacer_for(tick.db, shop).reserved_in(conn) if shop is not None and shop.active else None
-    result = ShopPoll(tenant_id, slug=shop.slug if shop else None)
+    result = ShopPoll(tenant_id, slug=shop.slug if shop else None, polled_at=tick.clock())
     if shop is None or state is None or not shop.active:
         result.outcome = "not_reached"  # deactivated meanwhile
         return result
