@@ -242,13 +242,15 @@ def _report(count: int, args, ticks: list[dict], steady_wall: float, cpu: dict, 
         "gap_p50": statistics.median(gaps) if gaps else float("nan"),
         "shops_polled": len(polled_in_window), "requests": counts["total"], "polls": polls,
         "requests_per_poll": counts["total"] / max(1, all_polls), "throughput": throughput,
+        "polls_per_shop_cycle": polls / count / cycles,
         "cycle": max(CADENCE_S, count / throughput) if throughput else float("inf"),
         "max_requests_one_shop": max(per_shop, default=0), "shops_asked": len(counts["by_key"]),
         "cpu": cpu, "wall": steady_wall,
     }
     say(f"steady, {steady_wall:.0f}s ({cycles:.1f} cycles): {len(steady)} ticks, duration p50 {row['tick_p50']:.2f}s "
         f"p95 {percentile(durations, 95):.2f}s max {row['tick_max']:.2f}s; poller busy {busy:.0%} of the time")
-    say(f"  {polls} polls ({throughput:.0f}/s): {len(polled_in_window)}/{count} shops polled in the window, "
+    say(f"  {polls} polls ({throughput:.0f}/s, {row['polls_per_shop_cycle']:.2f} per shop per 30 s): "
+        f"{len(polled_in_window)}/{count} shops polled in the window, "
         f"each shop's cycle {row['cycle']:.0f}s; gap between two polls of one shop min {row['gap_min']:.1f}s, "
         f"p50 {row['gap_p50']:.1f}s, max {row['gap_max']:.1f}s")
     say(f"  requests at the stand-in over the whole run: {counts['total']} for {all_polls} polls, "
@@ -270,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     say(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")
     rows = [run_size(count, args) for count in args.shops]
     first = rows[0]
-    # Every shop polled, none asked again sooner than 25 s or later than 35 s after its
-    # last poll (30 s and one tick), one request per poll.
-    ok = (first["shops_polled"] == first["shops"] and CADENCE_S - TICK_S - 0.5 <= first["gap_min"]
-          and first["gap_max"] <= CADENCE_S + TICK_S and first["requests_per_poll"] <= 1.0)
-    print("OK" if ok else f"FAILED at {first['shops']} shops: not every shop polled, a gap outside "
-                          f"{CADENCE_S:.0f} ± {TICK_S:.0f} s, or more than one request per idle shop's poll")
+    # Every shop polled, none waiting more than 35 s (30 s and one tick) between two
+    # polls, one request per poll and about one poll per shop per 30 s. (A poll that was
+    # late, because the ticks before it ran long, is followed by one on time: a gap
+    # shorter than 30 s, as the next one is longer; the shortest is printed, not judged.)
+    ok = (first["shops_polled"] == first["shops"] and first["gap_max"] <= CADENCE_S + TICK_S
+          and first["requests_per_poll"] <= 1.0 and first["polls_per_shop_cycle"] <= 1.05)
+    print("OK" if ok else f"FAILED at {first['shops']} shops: not every shop polled, a gap over "
+                          f"{CADENCE_S + TICK_S:.0f} s, or more than one request per idle shop per cycle")
     return 0 if ok else 1
 
 
