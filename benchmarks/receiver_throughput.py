@@ -7,6 +7,7 @@ same way (uvicorn, one process) and loaded by wrk from a separate process over l
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import shutil
 import subprocess
@@ -53,6 +54,24 @@ def parse_wrk(text: str) -> dict:
             "p50_ms": pct.get(50), "p99_ms": pct.get(99), "socket_errors": errors.group(1) if errors else ""}
 
 
+def guard_cost_us(calls: int = 200_000) -> float:
+    """CPU time per request of the per-shop rate limit alone, budget in hand (what every
+    webhook pays; a lease, once per many requests, is not in it)."""
+    from webhook_receiver.shop_budget import Grant, ShopBudgets
+
+    async def lease(request):
+        return Grant(granted=request.wanted, window=1, window_left_s=3600.0, retry_after_s=0.0)
+
+    async def spend() -> float:
+        budgets = ShopBudgets("10000000/minute", lease)
+        started = time.process_time()
+        for _ in range(calls):
+            await budgets.admit("shopmonkey", "a-shop")
+        return (time.process_time() - started) / calls * 1e6
+
+    return asyncio.run(spend())
+
+
 def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
     port = free_port()
     argv = [venv_bin("uvicorn"), TARGETS[name], "--host", "127.0.0.1", "--port", str(port),
@@ -88,6 +107,10 @@ def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
              f"/webhooks/shopmonkey/{shop.slug}"], capture_output=True, text=True, check=True).stdout
         result = parse_wrk(out)
         result["raw"] = out
+        if name == "receiver":  # the rate limit's statements, to compare with the requests
+            leases = re.findall(r'^lead_webhook_rate_leases_total\{result="(\w+)"\} ([\d.e+]+)$',
+                                httpx.get(f"{base}/metrics", timeout=5).text, re.M)
+            result["leases"] = int(sum(float(n) for _, n in leases))
         return result
     finally:
         stop(proc)
@@ -106,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         say("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run again")
         return 2
     say(f"machine: {machine()}")
+    say(f"rate-limit guard alone: {guard_cost_us():.2f} µs of CPU per request")
     server, url = start_database()
     workdir = Path(tempfile.mkdtemp(prefix="lead-bench-receiver-"))
     try:
@@ -124,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                                           (shop.id,)).fetchone()[0]
                 acked = r["requests"] - r["non2xx"]
                 say(f"receiver: {acked} acknowledged, {stored} stored in the inbox"
-                    f" ({'all committed' if stored >= acked else 'MISSING EVENTS'})")
+                    f" ({'all committed' if stored >= acked else 'MISSING EVENTS'});"
+                    f" {r['leases']} rate-limit leases from PostgreSQL")
         if "bare" in results and "receiver" in results:
             ratio = results["receiver"]["rps"] / results["bare"]["rps"]
             vs_naive = results["receiver"]["rps"] / results["naive"]["rps"] if "naive" in results else float("nan")

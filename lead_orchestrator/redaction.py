@@ -117,7 +117,20 @@ def _scrub(record: logging.LogRecord) -> None:
     except Exception:  # noqa: BLE001 - a bad format string is the handler's problem, not ours
         return
     if contains_secret(message):
+        # Masked in the arguments where the secret is one of them, so that formatters
+        # that read the arguments themselves keep working (uvicorn's access log unpacks
+        # five: client, method, path, version, status; a Tekmetric webhook's path holds
+        # the shop's token); otherwise the whole message is replaced.
+        args = record.args
+        if isinstance(args, tuple) and args and not contains_secret(str(record.msg)):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in args)
+            if not contains_secret(record.getMessage()):
+                return _scrub_traceback(record)
         record.msg, record.args = redact(message), ()
+    _scrub_traceback(record)
+
+
+def _scrub_traceback(record: logging.LogRecord) -> None:
     if record.exc_info and record.exc_info[1] is not None:
         text = logging.Formatter().formatException(record.exc_info)
         if contains_secret(text):

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 SHOPMONKEY_REAL_URL = "https://api.shopmonkey.cloud"
 TWILIO_REAL_URL = "https://api.twilio.com"
 SENDGRID_REAL_URL = "https://api.sendgrid.com"
+TEKMETRIC_REAL_URL = "https://shop.tekmetric.com"  # the sandbox: https://sandbox.tekmetric.com
 _HOST_NAME = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 
 
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     shopmonkey_base_url: str = Field(default=SHOPMONKEY_REAL_URL, alias="SHOPMONKEY_BASE_URL")
     twilio_api_base_url: str = Field(default=TWILIO_REAL_URL, alias="TWILIO_API_BASE_URL")
     sendgrid_api_base_url: str = Field(default=SENDGRID_REAL_URL, alias="SENDGRID_API_BASE_URL")
+    # Tekmetric's API (paths under /api/v1). The partner app's client id and secret are not
+    # settings: they are stored encrypted in the database (`crm-app set tekmetric`).
+    tekmetric_base_url: str = Field(default=TEKMETRIC_REAL_URL, alias="TEKMETRIC_BASE_URL")
     dagster_home: Path | None = Field(default=None, alias="DAGSTER_HOME")
 
     data_dir: Path = Field(default=Path(".data"), alias="LEAD_DATA_DIR")
@@ -72,11 +76,28 @@ class Settings(BaseSettings):
     receiver_host: str = Field(default="127.0.0.1", alias="RECEIVER_HOST")
     receiver_port: int = Field(default=8000, alias="RECEIVER_PORT")
     dagster_port: int = Field(default=3000, alias="DAGSTER_PORT")
+    # The production layout (`up --production`, deploy/Procfile, deploy/systemd/): uvicorn
+    # worker processes sharing the receiver's port, and the Dagster code server's address.
+    receiver_workers: int = Field(default=2, gt=0, alias="RECEIVER_WORKERS")
+    dagster_code_server_host: str = Field(default="127.0.0.1", alias="DAGSTER_CODE_SERVER_HOST")
+    dagster_code_server_port: int = Field(default=4000, alias="DAGSTER_CODE_SERVER_PORT")
+    # Upper bounds of the application-database pools, per process (docs/deployment.md,
+    # Database connections): a receiver process (each uvicorn worker); a dispatcher (its
+    # workers share the pool, holding a connection only inside a transaction, never
+    # across a vendor call); the Dagster code server and each run. Each process also
+    # keeps a few connections of its own beside its pool (listen, lease, sender, writer).
+    receiver_db_pool_size: int = Field(default=4, ge=1, alias="RECEIVER_DB_POOL_SIZE")
+    dispatcher_db_pool_size: int = Field(default=16, ge=2, alias="DISPATCHER_DB_POOL_SIZE")
+    dagster_db_pool_size: int = Field(default=2, ge=1, alias="DAGSTER_DB_POOL_SIZE")
+    # The process's name on its database connections: libpq's own variable, which the
+    # production layout and the systemd units set per process (see connection_name).
+    process_name: str | None = Field(default=None, alias="PGAPPNAME")
     # `up`: the local stand-ins' ports, and which vendors to use ("standins" or "real";
     # unset: the stand-ins unless a vendor base URL is set).
     shopmonkey_standin_port: int = Field(default=8701, alias="SHOPMONKEY_STANDIN_PORT")
     twilio_standin_port: int = Field(default=8702, alias="TWILIO_STANDIN_PORT")
     sendgrid_standin_port: int = Field(default=8703, alias="SENDGRID_STANDIN_PORT")
+    tekmetric_standin_port: int = Field(default=8704, alias="TEKMETRIC_STANDIN_PORT")
     vendors: Literal["standins", "real"] | None = Field(default=None, alias="LEAD_VENDORS")
     # `up`'s supervisor: the longest wait before restarting a process that keeps exiting.
     restart_max_delay_seconds: float = Field(default=30.0, gt=0, alias="RESTART_MAX_DELAY_SECONDS")
@@ -120,7 +141,8 @@ class Settings(BaseSettings):
             raise ValueError(f"INBOUND_PARSE_DOMAIN {value!r} is not a host name (e.g. reply.example.com)")
         return value
 
-    @field_validator("public_base_url", "shopmonkey_base_url", "twilio_api_base_url", "sendgrid_api_base_url")
+    @field_validator("public_base_url", "shopmonkey_base_url", "twilio_api_base_url", "sendgrid_api_base_url",
+                     "tekmetric_base_url")
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
         return base_url(value, cls.model_fields[info.field_name].alias)
@@ -205,6 +227,15 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc)) from None
+
+
+def connection_name(purpose: str) -> str:
+    """The application_name of a connection: the process's own name (PGAPPNAME), then what
+    the connection is for, so pg_stat_activity can be counted per process and per use
+    (docs/deployment.md). Connections opened without a name (Dagster's storage) get
+    PGAPPNAME alone from libpq."""
+    process = (get_settings().process_name or "").strip()
+    return f"{process}/{purpose}"[:63] if process else purpose
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -8,12 +8,14 @@ or stalled), or than BUSY_GRACE while it is working through a burst. Run keys ar
 so a tick that sees the same backlog twice requests nothing new.
 """
 
+import dataclasses
 import datetime as dt
 import functools
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from lead_orchestrator.services.poll import PollConfig, Shard, new_http_client, poll_cycle
+from lead_orchestrator.services.shop_clients import Vendors
 from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.jobs import ingest_job
@@ -76,8 +78,21 @@ def _poll_http(concurrency: int):
 
 @functools.cache
 def _poll_database(url: str, connections: int) -> Database:
-    # The poll's own pool: its workers must not queue behind the other sensors' 4 connections.
+    # The poll's own pool: its workers must not queue behind the other sensors' connections.
     return Database(url, min_size=1, max_size=connections, name="poll").open()
+
+
+_poll_vendors_cache: dict[tuple, Vendors] = {}
+
+
+def _poll_vendors(resource: VendorsResource, db: Database) -> Vendors:
+    """One Vendors per configuration for the life of the code server, with the poll's
+    database: its clients (a Tekmetric app's token, its budget shared through the
+    database) outlive a tick."""
+    fresh = resource.vendors()
+    key = (fresh.shopmonkey_base_url, fresh.twilio_base_url, fresh.sendgrid_base_url, fresh.tekmetric_base_url,
+           fresh.public_base_url, fresh.secret_key, fresh.inbound_parse_domain, id(db))
+    return _poll_vendors_cache.setdefault(key, dataclasses.replace(fresh, db=db))
 
 
 def _poll_sensor(shard: Shard):
@@ -92,7 +107,8 @@ def _poll_sensor(shard: Shard):
     def _poll(context: SensorEvaluationContext, database: DatabaseResource, vendors: VendorsResource):
         config = PollConfig(concurrency=settings.poll_concurrency)
         db = _poll_database(database.database_url, settings.poll_db_connections)
-        cycle = poll_cycle(db, vendors.vendors(), http=_poll_http(config.concurrency), config=config, shard=shard)
+        cycle = poll_cycle(db, _poll_vendors(vendors, db), http=_poll_http(config.concurrency), config=config,
+                           shard=shard)
         for shop in cycle.with_outcome("unauthorized") + cycle.with_outcome("failing") + cycle.with_outcome("error"):
             context.log.warning(f"shop {shop.slug or shop.tenant_id}: {shop.outcome}: {shop.error}")
         return SkipReason(cycle.summary())

@@ -1,4 +1,4 @@
--- depends: 0015_crm_pace_grant
+-- depends: 0017_crm_credentials
 -- The backup poll at scale (docs/poll.md):
 --  1. Each shop has a slot in the cycle (`next_poll_at`, also after a success), so the
 --     shops' requests are spread over the 30 seconds instead of bursting at its start.

@@ -31,6 +31,14 @@ class _BackgroundServer(uvicorn.Server):
         yield
 
 
+# How long an idle client connection is kept open. uvicorn's default (5 s) is far shorter
+# than the idle timeouts of the front ends real APIs sit behind (a minute or more), and a
+# sender's pooled connection then often met the server closing it just as it sent: a
+# connection reset after the request was written, an ambiguous send (`unknown`, never
+# re-sent). Seen in bursts with two dispatchers on a loaded machine (1 SMS in 500).
+KEEP_ALIVE_SECONDS = 75
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
@@ -121,7 +129,8 @@ class StandinServers:
             raise
         for name, app in apps.items():
             config = uvicorn.Config(app, log_level=self._log_level, access_log=self._access_log, lifespan="off",
-                                    timeout_graceful_shutdown=1, loop="asyncio")
+                                    timeout_graceful_shutdown=1, loop="asyncio",
+                                    timeout_keep_alive=KEEP_ALIVE_SECONDS)
             self._servers[name] = _BackgroundServer(config)
         self._thread = threading.Thread(target=self._run, name="standins", daemon=True)
         self._thread.start()

@@ -73,10 +73,12 @@ def make_shop(database_url):
     def make(**overrides):
         slug = overrides.pop("slug", None) or f"shop-{next(_counter)}-{uuid.uuid4().hex[:6]}"
         name = overrides.pop("name", f"Shop {slug}")
+        crm = {} if overrides.get("crm", "shopmonkey") != "shopmonkey" else {
+            "webhook_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+            "shopmonkey_api_key": "sm-key-" + uuid.uuid4().hex}
         changes = ShopChanges(**{
             "time_zone": "America/Chicago",
-            "webhook_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
-            "shopmonkey_api_key": "sm-key-" + uuid.uuid4().hex,
+            **crm,
             "twilio_account_sid": "AC" + uuid.uuid4().hex,
             "twilio_auth_token": uuid.uuid4().hex,
             "twilio_sender": "+15125550100",
@@ -153,23 +155,39 @@ def vendors(standins, receiver, settings):
 
     return Vendors(shopmonkey_base_url=standins.shopmonkey_url, twilio_base_url=standins.twilio_url,
                    sendgrid_base_url=standins.sendgrid_url, public_base_url=receiver.url,
-                   secret_key=settings.secret_key())
+                   secret_key=settings.secret_key(), tekmetric_base_url=standins.tekmetric_url)
 
 
 @pytest.fixture
-def connected_shop(make_shop, standins, receiver):
-    """A shop whose ShopMonkey, Twilio and SendGrid accounts live in the stand-ins, with
-    webhooks pointed at the receiver. Keyword arguments go to make_shop."""
+def tekmetric_app(standins, database_url) -> tuple[str, str]:
+    """The deployment's Tekmetric partner app (client id, secret): in the stand-in and stored."""
+    from tests.tekmetric_support import configure_app
+
+    return configure_app(standins, database_url)
+
+
+@pytest.fixture
+def connected_shop(make_shop, standins, receiver, database_url, request):
+    """A shop whose CRM (ShopMonkey, or Tekmetric with crm="tekmetric"), Twilio and SendGrid
+    accounts live in the stand-ins, with webhooks pointed at the receiver. Keyword
+    arguments go to make_shop."""
 
     def make(**overrides):
         overrides.setdefault("send_window_start", "00:00")
         overrides.setdefault("send_window_end", "23:59:59")
         overrides.setdefault("settings", {"holiday_country": None})
         overrides.setdefault("sendgrid_event_public_key", standins.sendgrid.public_key())
-        shop = make_shop(**overrides)
-        standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value(),
-                                     f"{receiver.url}/webhooks/shopmonkey/{shop.slug}",
-                                     shop.webhook_secret.get_secret_value())
+        if overrides.get("crm") == "tekmetric":
+            from tests.tekmetric_support import connect_tekmetric_shop
+
+            request.getfixturevalue("tekmetric_app")
+            shop, _ = connect_tekmetric_shop(make_shop, standins, receiver.url, database_url,
+                                             **{k: v for k, v in overrides.items() if k != "crm"})
+        else:
+            shop = make_shop(**overrides)
+            standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value(),
+                                         f"{receiver.url}/webhooks/shopmonkey/{shop.slug}",
+                                         shop.webhook_secret.get_secret_value())
         standins.twilio.add_account(shop.twilio_account_sid, shop.twilio_auth_token.get_secret_value())
         standins.sendgrid.add_api_key(shop.sendgrid_api_key.get_secret_value())
         return shop
@@ -201,6 +219,7 @@ def dagster_env(pg, database_url, standins, receiver, settings, tmp_path_factory
         "DAGSTER_PG_URL": sqlalchemy_psycopg2_url(storage),
         "SHOPMONKEY_BASE_URL": standins.shopmonkey_url, "TWILIO_API_BASE_URL": standins.twilio_url,
         "SENDGRID_API_BASE_URL": standins.sendgrid_url, "PUBLIC_BASE_URL": receiver.url,
+        "TEKMETRIC_BASE_URL": standins.tekmetric_url,
         "APP_SECRET_KEY": settings.secret_key(), "LEAD_ENCRYPTION_KEY": os.environ["LEAD_ENCRYPTION_KEY"],
         # The poll touches every shop of the session; only the tests that need it start it.
         "POLL_SENSOR_DEFAULT_STATUS": "stopped",

@@ -1,9 +1,13 @@
-"""Helpers for tests: real HTTP servers in threads, and waiting on conditions."""
+"""Helpers for tests: real HTTP servers in threads, waiting on conditions, and reading
+what a running `lead-orchestrator up` reports."""
 from __future__ import annotations
 
+import json
+import re
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import uvicorn
@@ -49,3 +53,29 @@ class ThreadedServer:
     def __exit__(self, *exc) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+class UpReport:
+    """What a running `lead-orchestrator up` reports: its output (out_path) and its
+    supervisor's state (data_dir/supervisor.json)."""
+
+    data_dir: Path
+    out_path: Path
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def state(self) -> dict:
+        try:
+            return json.loads((self.data_dir / "supervisor.json").read_text())["children"]
+        except (OSError, ValueError):
+            return {}
+
+    def pid(self, name: str) -> int | None:
+        return self.state().get(name, {}).get("pid")
+
+    def pids(self) -> dict[str, int]:
+        return {name: child["pid"] for name, child in self.state().items()}
+
+    def database_url(self) -> str:
+        return re.search(r'Database \(psql\)\s+\S+ "([^"]+)"', self.output()).group(1)

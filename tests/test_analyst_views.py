@@ -52,10 +52,10 @@ def by(rows: list[dict], key: str) -> dict:
 
 
 def test_the_views_return_exactly_what_the_tables_hold(analyst, admin):
-    shops = admin.execute("SELECT id, slug, name, time_zone, active FROM tenants").fetchall()
-    assert sorted((r["shop_id"], r["shop"], r["name"], r["time_zone"], r["active"]) for r in
+    shops = admin.execute("SELECT id, slug, name, time_zone, active, crm FROM tenants").fetchall()
+    assert sorted((r["shop_id"], r["shop"], r["name"], r["time_zone"], r["active"], r["crm"]) for r in
                   analyst.execute("SELECT * FROM analytics.shops").fetchall()) == sorted(
-        (r["id"], r["slug"], r["name"], r["time_zone"], r["active"]) for r in shops)
+        (r["id"], r["slug"], r["name"], r["time_zone"], r["active"], r["crm"]) for r in shops)
 
     touches = admin.execute("SELECT * FROM touches").fetchall()
     messages = by(analyst.execute("SELECT * FROM analytics.messages").fetchall(), "message_id")
@@ -162,7 +162,9 @@ def test_the_analyst_reads_every_shop_and_no_secret(analyst, analyst_db):
     columns = {r["column_name"] for r in analyst.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = 'analytics'").fetchall()}
     assert not columns & (set(SECRET_FIELDS) | {"phone_e164", "email", "body", "payload", "to_address"})
-    for statement in ("SELECT shopmonkey_api_key, twilio_auth_token, sendgrid_api_key FROM public.tenants",
+    for statement in ("SELECT twilio_auth_token, sendgrid_api_key FROM public.tenants",
+                      "SELECT api_key, webhook_secret FROM public.shopmonkey_credentials",
+                      "SELECT client_secret FROM public.crm_apps", "SELECT * FROM crm_app_credentials('tekmetric')",
                       "SELECT slug FROM public.tenants", "SELECT * FROM public.leads",
                       "SELECT payload FROM public.inbox_events", "SELECT body FROM public.touches",
                       "SELECT * FROM crm_health_problems()",

@@ -35,9 +35,10 @@ def test_the_printed_url_reads_as_the_analyst(cli, make_shop):
         # The views come first on the search path.
         assert conn.execute("SELECT count(*) FROM shop_health WHERE shop = %s", (shop.slug,)).fetchone()[0] == 1
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT webhook_secret FROM public.tenants")
+            conn.execute("SELECT webhook_secret FROM public.shopmonkey_credentials")
     with psycopg.connect(cli("sql", "--admin", "--print-url").output.strip()) as conn:
-        assert conn.execute("SELECT webhook_secret IS NOT NULL FROM public.tenants WHERE slug = %s",
+        assert conn.execute("SELECT webhook_secret IS NOT NULL FROM public.shopmonkey_credentials c "
+                            "JOIN public.tenants t ON t.id = c.tenant_id WHERE t.slug = %s",
                             (shop.slug,)).fetchone()[0]
 
 

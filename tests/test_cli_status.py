@@ -93,3 +93,13 @@ def test_problems_name_what_needs_a_look():
         "2 dead event(s): `why joes ORDER_ID` says why; replay with `replay joes --order ORDER_ID`",
         "the oldest pending event has waited 180 s",
         "1 send(s) with an unknown outcome (never re-sent automatically)"]
+
+
+def test_a_refused_crm_names_the_fix_of_the_shops_crm():
+    now = dt.datetime(2027, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    refused = {"shop": "brakes", "poll": {"health": "unauthorized", "consecutive_errors": 1, "last_error": "401"},
+               "events": {"parked": 0, "dead": 0, "oldest_pending_at": None}, "messages": {"unknown": 0}}
+    [shopmonkey] = problems({**refused, "crm": "shopmonkey"}, now)
+    assert "--shopmonkey-api-key" in shopmonkey
+    [tekmetric] = problems({**refused, "crm": "tekmetric"}, now)
+    assert "crm-app set tekmetric" in tekmetric and "--tekmetric-shop-id" in tekmetric

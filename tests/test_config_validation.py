@@ -13,7 +13,8 @@ from lead_orchestrator.cli.main import main
 from lead_orchestrator.settings import ConfigError, Settings, get_settings
 from lead_orchestrator.store.shops import ShopCannotSend, ShopChanges, create_shop, get_shop, update_shop
 
-URL_VARIABLES = ("PUBLIC_BASE_URL", "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL")
+URL_VARIABLES = ("PUBLIC_BASE_URL", "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL",
+                 "TEKMETRIC_BASE_URL")
 
 
 # --- base URLs ---------------------------------------------------------------------------

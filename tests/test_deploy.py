@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 INSTALL_PREFIX = "/opt/lead-orchestrator/"
 BIN = Path(sys.executable).parent
-PROCESSES = {"receiver": "lead-receiver", "dispatcher": "lead-dispatcher", "dagster-code": "lead-dagster-code",
+# process -> its unit (the dispatcher's is a template: lead-dispatcher@1, @2 ...)
+PROCESSES = {"receiver": "lead-receiver", "dispatcher": "lead-dispatcher@", "dagster-code": "lead-dagster-code",
              "dagster-daemon": "lead-dagster-daemon", "dagster-webserver": "lead-dagster-webserver"}
+DISPATCHER_INSTANCES = ("lead-dispatcher@1.service", "lead-dispatcher@2.service")
 
 
 def env_example() -> dict[str, str]:
@@ -64,7 +66,8 @@ def test_units_and_procfile_run_the_same_five_processes_and_always_restart_them(
     env = env_example()
     assert set(procfile()) == set(PROCESSES)
     target = unit("lead-orchestrator.target")
-    assert set(target["Unit"]["Wants"].split()) == {f"{u}.service" for u in PROCESSES.values()}
+    wanted = {f"{u}.service" for u in PROCESSES.values() if not u.endswith("@")} | set(DISPATCHER_INSTANCES)
+    assert set(target["Unit"]["Wants"].split()) == wanted
     for process, name in PROCESSES.items():
         parsed = unit(f"{name}.service")
         service = parsed["Service"]
@@ -77,6 +80,16 @@ def test_units_and_procfile_run_the_same_five_processes_and_always_restart_them(
         assert unit_argv(name, env) == procfile_argv(procfile()[process], env), process
         for variable in re.findall(r"\$\{(\w+)\}", service["ExecStart"]):
             assert variable in env, f"{name}: {variable} missing from the example environment file"
+
+
+def test_units_name_their_database_connections_as_the_production_layout_does():
+    """PGAPPNAME, so that pg_stat_activity counts connections per process alike under
+    systemd and under `up --production` (docs/deployment.md, Database connections)."""
+    from lead_orchestrator.runtime.layout import APP_NAMES
+
+    for process, name in PROCESSES.items():
+        expected = APP_NAMES[process] + ("-%i" if name.endswith("@") else "")
+        assert unit(f"{name}.service")["Service"]["Environment"] == f"PGAPPNAME={expected}", name
 
 
 def test_every_command_line_is_accepted_and_names_code_that_exists(tmp_path):

@@ -117,7 +117,11 @@ def test_a_tenant_cannot_write_into_another(db, two_tenants, admin):
 def test_the_app_role_cannot_create_or_change_shops(db, two_tenants):
     a, *_ = two_tenants
     attempts = [
-        "UPDATE tenants SET webhook_secret = 'whsec_x' WHERE id = current_tenant_id()",
+        "UPDATE tenants SET name = 'x', crm = 'tekmetric' WHERE id = current_tenant_id()",
+        "UPDATE shopmonkey_credentials SET webhook_secret = 'whsec_x' WHERE tenant_id = current_tenant_id()",
+        "INSERT INTO tekmetric_credentials (tenant_id, shop_id) VALUES (current_tenant_id(), 1)",
+        "DELETE FROM shopmonkey_credentials",
+        "SELECT client_secret FROM crm_apps",  # the app's read goes through crm_app_credentials()
         "INSERT INTO tenants (slug, name) VALUES ('forged-shop', 'Forged')",
         "DELETE FROM tenants",
         "SELECT nextval('tenants_id_seq')",

@@ -19,6 +19,7 @@ from lead_orchestrator.crm.shopmonkey import client as shopmonkey_client
 from lead_orchestrator.services.ingest import claim_events, process_claimed_events, process_event
 from lead_orchestrator.domain.qualification import parse_time
 from lead_orchestrator.services.poll import PollConfig, backoff, due_tenant_ids, poll_cycle, window_start
+from lead_orchestrator.store.inbox import stored_hint
 from tests.conftest import emails_to, sms_to
 from tests.support import wait_for
 
@@ -397,7 +398,7 @@ def test_the_watermark_stops_at_what_was_read_when_a_later_page_fails(db, vendor
     state = poll_state(admin, shop)
     # Page one is stored, and the watermark goes no further than its newest stamp.
     assert result.stored == 100 and state["consecutive_errors"] == 1
-    newest_stored = max(parse_time(e["payload"]["data"]["updatedDate"]) for e in poll_events(admin, shop))
+    newest_stored = max(stored_hint(e["payload"]).updated_at for e in poll_events(admin, shop))
     assert state["watermark"] <= newest_stored and state["watermark"] > newest_stored - dt.timedelta(seconds=5)
 
     (retry,) = poll_cycle(db, vendors, tenant_ids=[shop.id]).shops

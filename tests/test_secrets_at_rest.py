@@ -31,7 +31,11 @@ def unique(prefix: str) -> dict[str, str]:
 
 
 def raw_row(conn, slug: str) -> dict:
-    return conn.execute(f"SELECT {', '.join(SECRET_FIELDS)} FROM tenants WHERE slug = %s", (slug,)).fetchone()
+    """The secrets as stored: the messaging keys in tenants, the ShopMonkey ones in
+    shopmonkey_credentials (sql/0017)."""
+    return conn.execute("SELECT sm.api_key AS shopmonkey_api_key, sm.webhook_secret, t.twilio_auth_token, "
+                        "t.sendgrid_api_key FROM tenants t LEFT JOIN shopmonkey_credentials sm ON sm.tenant_id = t.id "
+                        "WHERE t.slug = %s", (slug,)).fetchone()
 
 
 def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admin, db):
@@ -43,10 +47,12 @@ def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admi
         assert stored[field].startswith("fernet:"), field
         assert value not in stored[field], field
         assert getattr(created, field).get_secret_value() == value
-    # A LIKE on the plaintext finds nothing anywhere in the table.
+    # A LIKE on the plaintext finds nothing anywhere in the tables.
     for value in secrets.values():
-        hit = admin.execute("SELECT count(*) AS n FROM tenants t WHERE t::text LIKE %s", (f"%{value}%",)).fetchone()
-        assert hit["n"] == 0
+        for table in ("tenants", "shopmonkey_credentials"):
+            hit = admin.execute(f"SELECT count(*) AS n FROM {table} t WHERE t::text LIKE %s",
+                                (f"%{value}%",)).fetchone()
+            assert hit["n"] == 0
     readers = [get_shop(admin, slug), next(s for s in list_shops(admin) if s.slug == slug)]
     with db.tenant_tx(created.id) as conn:  # the application's path, as lead_app
         readers.append(load_shop(conn, created.id))
@@ -109,8 +115,11 @@ def test_plaintext_rows_from_before_are_encrypted_by_the_migration_step(scratch_
 
     secrets = unique("legacy")
     with psycopg.connect(scratch_url, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute(f"INSERT INTO tenants (slug, name, {', '.join(secrets)}) VALUES ('legacy', 'Legacy', "
-                     f"{', '.join(['%s'] * len(secrets))})", list(secrets.values()))
+        tenant = conn.execute("INSERT INTO tenants (slug, name, twilio_auth_token, sendgrid_api_key) "
+                              "VALUES ('legacy', 'Legacy', %s, %s) RETURNING id",
+                              (secrets["twilio_auth_token"], secrets["sendgrid_api_key"])).fetchone()["id"]
+        conn.execute("INSERT INTO shopmonkey_credentials (tenant_id, api_key, webhook_secret) VALUES (%s, %s, %s)",
+                     (tenant, secrets["shopmonkey_api_key"], secrets["webhook_secret"]))
         conn.execute("INSERT INTO tenants (slug, name) VALUES ('no-secrets', 'None')")
         assert raw_row(conn, "legacy") == secrets
         # Readable meanwhile (so a deploy does not break between code and migration).

@@ -5,9 +5,7 @@ child that cannot start is reported as a crash loop without taking the others do
 stopped database is started again; SIGTERM then stops everything it started."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,36 +17,18 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import UpReport, free_port, wait_for
 
 STACK_ENV_DROPPED = ("DATABASE_URL", "TEST_DATABASE_URL", "DAGSTER_HOME", "PUBLIC_BASE_URL", "LEAD_VENDORS",
-                     "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL")
+                     "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL", "TEKMETRIC_BASE_URL")
 
 
-class Stack:
+class Stack(UpReport):
     def __init__(self, proc: subprocess.Popen, data_dir: Path, out_path: Path, ports: dict[str, int]):
         self.proc, self.data_dir, self.out_path, self.ports = proc, data_dir, out_path, ports
 
-    def state(self) -> dict:
-        try:
-            return json.loads((self.data_dir / "supervisor.json").read_text())["children"]
-        except (OSError, ValueError):
-            return {}
-
-    def pid(self, name: str) -> int | None:
-        return self.state().get(name, {}).get("pid")
-
-    def pids(self) -> dict[str, int]:
-        return {name: child["pid"] for name, child in self.state().items()}
-
-    def output(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
-
-    def database_url(self) -> str:
-        return re.search(r'Database \(psql\)\s+\S+ "([^"]+)"', self.output()).group(1)
 
 
 def answers(url: str) -> bool:
@@ -62,7 +42,8 @@ def answers(url: str) -> bool:
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack")
     ports = {"RECEIVER_PORT": free_port(), "DAGSTER_PORT": free_port(), "SHOPMONKEY_STANDIN_PORT": free_port(),
-             "TWILIO_STANDIN_PORT": free_port(), "SENDGRID_STANDIN_PORT": free_port()}
+             "TWILIO_STANDIN_PORT": free_port(), "SENDGRID_STANDIN_PORT": free_port(),
+             "TEKMETRIC_STANDIN_PORT": free_port()}
     env = {k: v for k, v in os.environ.items() if k not in STACK_ENV_DROPPED}
     env.update({k: str(v) for k, v in ports.items()})
     env.update(LEAD_DATA_DIR=str(home / "data"), RESTART_MAX_DELAY_SECONDS="2")
@@ -126,6 +107,15 @@ def test_a_killed_child_is_restarted_and_serves_while_the_others_keep_running(st
     assert order.status_code == 200, order.text
     wait_for(lambda: httpx.get(f"{twilio}/_outbox.json", timeout=2).json(), timeout=30,
              message="the first SMS through the restarted receiver and stand-ins")
+    # And the Tekmetric demo shop: its partner app, shop and webhook URL are registered again.
+    from lead_orchestrator.runtime.stack import TEKMETRIC_DEMO_SHOP_ID, TEKMETRIC_DEMO_SLUG
+
+    sender = _demo_shop(stack, TEKMETRIC_DEMO_SLUG).twilio_sender
+    made = httpx.post(f"{stack.url('TEKMETRIC_STANDIN_PORT')}/_standin/orders", timeout=10,
+                      json={"shop_id": TEKMETRIC_DEMO_SHOP_ID})
+    assert made.status_code == 200, made.text
+    wait_for(lambda: any(m.get("from") == sender for m in httpx.get(f"{twilio}/_outbox.json", timeout=2).json()),
+             timeout=30, message="the Tekmetric demo shop's first SMS after the restart")
     assert "receiver stopped unexpectedly (killed by SIGKILL" in stack.output()
 
 
@@ -141,10 +131,14 @@ def _pgid(pid: int) -> int | None:
 
 
 def _demo_key(stack: Stack) -> str:
+    return _demo_shop(stack, "demo").shopmonkey_api_key.get_secret_value()
+
+
+def _demo_shop(stack: Stack, slug: str):
     from lead_orchestrator.store.shops import get_shop
 
     with psycopg.connect(stack.database_url(), row_factory=psycopg.rows.dict_row) as conn:
-        return get_shop(conn, "demo").shopmonkey_api_key.get_secret_value()
+        return get_shop(conn, slug)
 
 
 def test_a_child_that_cannot_start_is_a_crash_loop_and_the_others_keep_serving(stack):

@@ -102,6 +102,7 @@ def test_a_hold_file_keeps_a_stopped_child_stopped(supervised, tmp_path):
     assert sup.wait_until(lambda: any("held is held" in line for line in said), 10, stop)
     sup.wait_until(lambda: False, 0.5, stop)
     assert sup.pid("held") == pid and not sup.is_ready("held")
+    assert json.loads((tmp_path / "supervisor.json").read_text())["children"]["held"]["state"] == "held"
     (tmp_path / "hold" / "held").unlink()
     assert sup.wait_until(lambda: sup.is_ready("held"), 10, stop)
 
@@ -113,15 +114,17 @@ def test_vendors_are_chosen_explicitly_never_by_the_shops_that_exist():
     configured = Settings(_env_file=None, SHOPMONKEY_BASE_URL="https://sm.example")
     choice = choose_vendors(configured)
     assert not choice.standins and "SHOPMONKEY_BASE_URL" in choice.reason
-    assert choice.urls == {"shopmonkey": "https://sm.example", "twilio": "https://api.twilio.com",
-                           "sendgrid": "https://api.sendgrid.com"}
+    assert choice.urls == {"shopmonkey": "https://sm.example", "tekmetric": "https://shop.tekmetric.com",
+                           "twilio": "https://api.twilio.com", "sendgrid": "https://api.sendgrid.com"}
     assert choose_vendors(configured, "standins").standins
     assert not choose_vendors(bare, "real").standins
     assert not choose_vendors(Settings(_env_file=None, LEAD_VENDORS="real")).standins
     ports = Settings(_env_file=None, SHOPMONKEY_STANDIN_PORT="9311", TWILIO_STANDIN_PORT="9312",
-                     SENDGRID_STANDIN_PORT="9313")
-    assert choose_vendors(ports).urls == {"shopmonkey": "http://127.0.0.1:9311",
+                     SENDGRID_STANDIN_PORT="9313", TEKMETRIC_STANDIN_PORT="9314")
+    assert choose_vendors(ports).urls == {"shopmonkey": "http://127.0.0.1:9311", "tekmetric": "http://127.0.0.1:9314",
                                           "twilio": "http://127.0.0.1:9312", "sendgrid": "http://127.0.0.1:9313"}
+    tekmetric = choose_vendors(Settings(_env_file=None, TEKMETRIC_BASE_URL="https://sandbox.tekmetric.com"))
+    assert not tekmetric.standins and "TEKMETRIC_BASE_URL" in tekmetric.reason
 
 
 def test_ports_in_use_are_named_by_their_variable():

@@ -16,7 +16,7 @@ from hypothesis import given, strategies as st
 from lead_orchestrator.crm.base import (ChangeKind, CrmAdapter, EstimateStatus, InvalidWebhook, PhoneKind,
                                         version_key)
 from lead_orchestrator.crm.tekmetric import (TekmetricAdapter, TekmetricClient, new_webhook_token, plan_poll,
-                                             shops_served, token_matches)
+                                             shops_served, token_matches, token_sha256)
 from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, SANDBOX_BUDGET_PER_MINUTE, safe_per_minute
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.tekmetric.client import PAGE_SIZE
@@ -215,9 +215,12 @@ def test_malformed_webhooks_are_400(body):
 def test_url_token_checked_before_the_body_is_read():
     token = new_webhook_token()
     assert len(token) >= 43 and token != new_webhook_token()
-    assert token_matches(token, token) and not token_matches(token[:-1] + "x", token)
-    assert not token_matches(None, token) and not token_matches("", "") and not token_matches(token, None)
-    adapter = TekmetricAdapter(TekmetricClient("http://127.0.0.1:9", APP, SECRET), SHOP, token)
+    digest = token_sha256(token)
+    assert len(digest) == 64 and token not in digest
+    assert token_matches(token, digest) and not token_matches(token[:-1] + "x", digest)
+    assert not token_matches(token, token)  # the stored value is the digest, never the token
+    assert not token_matches(None, digest) and not token_matches("", "") and not token_matches(token, None)
+    adapter = TekmetricAdapter(None, SHOP, digest)  # the receiver's adapter: no client needed to read webhooks
     assert isinstance(adapter, CrmAdapter)
     good = hook("Repair Order #1001 created", order())
     assert adapter.parse_webhook(good, {}, url_token=token).estimate_id == "501"

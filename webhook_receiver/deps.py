@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.store.shops import Shop, load_shop, tenant_id_for_slug
+from lead_orchestrator.store.shops import Shop, load_shop, tenant_id_for_slug, tenant_id_for_tekmetric_token
 from webhook_receiver.errors import ApiError
 
 SHOP_CACHE_SECONDS = 30.0
@@ -22,6 +22,9 @@ SHOP_CACHE_SECONDS = 30.0
 SHOP_CACHE_MAX_ENTRIES = 10_000
 # The tenants.slug CHECK constraint: anything else names no shop and needs no lookup.
 SLUG = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+# What a Tekmetric webhook URL token can look like (ours are 43 URL-safe characters):
+# anything else names no shop and needs no lookup.
+TEKMETRIC_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout)
 
 
@@ -55,19 +58,26 @@ class ShopCache:
 
     def get(self, db: Database, slug: str) -> Shop | None:
         now = time.monotonic()
-        shop = None
-        if SLUG.fullmatch(slug):
-            with db.system_tx() as conn:
-                tenant_id = tenant_id_for_slug(conn, slug)
-            if tenant_id is not None:
-                with db.tenant_tx(tenant_id) as conn:
-                    shop = load_shop(conn, tenant_id)
+        shop = _load(db, tenant_id_for_slug, slug) if SLUG.fullmatch(slug) else None
         if len(self.entries) >= SHOP_CACHE_MAX_ENTRIES:
             self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
             if len(self.entries) >= SHOP_CACHE_MAX_ENTRIES:
                 self.entries.clear()
         self.entries[slug] = (now + SHOP_CACHE_SECONDS, shop)
         return shop
+
+
+def _load(db: Database, find_tenant_id, key: str) -> Shop | None:
+    with db.system_tx() as conn:
+        tenant_id = find_tenant_id(conn, key)
+    if tenant_id is None:
+        return None
+    with db.tenant_tx(tenant_id) as conn:
+        return load_shop(conn, tenant_id)
+
+
+def shop_by_tekmetric_token(db: Database, token: str) -> Shop | None:
+    return _load(db, tenant_id_for_tekmetric_token, token) if TEKMETRIC_TOKEN.fullmatch(token) else None
 
 
 async def current_shop(request: Request, tenant: str = Path(min_length=1, max_length=64)) -> Shop:
@@ -79,16 +89,27 @@ async def shop_for(request: Request, tenant: str) -> Shop:
     """The active shop named `tenant` (404 if none), from a short-lived cache."""
     hit, shop = request.app.state.shops.cached(tenant)
     if not hit:
-        availability = request.app.state.db.availability
-        if availability is not None and not availability.up:
-            raise database_unavailable()  # at once, without the hop to a worker thread
-        try:
-            shop = await run_in_threadpool(request.app.state.shops.get, request.app.state.db, tenant)
-        except DATABASE_ERRORS:
-            raise database_unavailable() from None
+        shop = await _fresh_shop(request, request.app.state.shops.get, tenant)
     if shop is None:
         raise ApiError(404, "unknown_shop", f"no active shop named {tenant!r}")
     return shop
+
+
+async def shop_for_tekmetric_token(request: Request, token: str) -> Shop | None:
+    """The active Tekmetric shop whose webhook URL token this is (None if none). Not
+    cached: a rotated token, or a deactivated shop's, is refused from the next request on
+    (Tekmetric sends one webhook per change, so the two small queries cost nothing)."""
+    return await _fresh_shop(request, shop_by_tekmetric_token, token)
+
+
+async def _fresh_shop(request: Request, load, argument: str) -> Shop | None:
+    availability = request.app.state.db.availability
+    if availability is not None and not availability.up:
+        raise database_unavailable()  # at once, without the hop to a worker thread
+    try:
+        return await run_in_threadpool(load, request.app.state.db, argument)
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
 
 
 async def read_body(request: Request) -> bytes:

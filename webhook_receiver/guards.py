@@ -1,6 +1,7 @@
 """Guards in front of every route, so that routes added later get them too:
 
-- a per-shop rate limit on `/webhooks/{vendor}/{shop}/...` (429 + Retry-After);
+- a per-shop rate limit on `/webhooks/{vendor}/{shop}/...` (429 + Retry-After), held
+  across every receiver process (shop_budget.py);
 - a body size cap on every request that carries a body (413), whether or not the
   client declared a Content-Length.
 
@@ -12,16 +13,22 @@ streaming.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import re
-import time
+from typing import Callable
 
-from limits import parse as parse_rate
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+import psycopg
+from starlette.concurrency import run_in_threadpool
 
+from lead_orchestrator.store.db import Database, is_connection_error, short_reason
+from webhook_receiver import metrics
+from webhook_receiver.deps import database_unavailable
 from webhook_receiver.errors import ApiError
+from webhook_receiver.shop_budget import Grant, Lease, LeaseRequest, ShopBudgets, retry_after_header
 
+log = logging.getLogger(__name__)
+
+_LEASES = {r: metrics.RATE_LEASES.labels(r) for r in ("granted", "refused", "failed")}
 WEBHOOK_PATH = re.compile(r"^/webhooks/([^/]+)/([^/]+)")
 
 
@@ -34,36 +41,63 @@ async def send_error(send, status: int, code: str, message: str, headers: dict[s
 
 
 class ShopRateLimit:
-    """At most `rate` (e.g. "600/minute") requests per (vendor, shop) path prefix.
+    """At most `budgets.limit` requests per `budgets.period_s` for each (vendor, shop)
+    path prefix, across every receiver process (webhook_receiver/shop_budget.py). It is
+    checked before the shop is even looked up; a shop over its limit costs no database
+    work (the refusal is remembered until PostgreSQL said there is room again). With no
+    budget in hand and the database down, the answer is the routes' own 503."""
 
-    `limits` keeps a sliding window counter per key in memory (one receiver process;
-    behind several processes each has its own window, so the effective limit is per
-    process: say so in the deployment, or give `limits` a shared storage URI). The
-    window is checked before the shop is even looked up, so a flood costs no database
-    work. A sliding window *counter* is two numbers per shop whatever the rate. The
-    moving window we used first keeps one entry per request (inserted at the front of a
-    list), and its synchronous storage starts a new thread every 10 ms to expire them;
-    measured under wrk that cost a fifth of the receiver's throughput (~5,350 vs
-    ~6,840 webhooks/s; the benchmark raises the limit so far that the window held every
-    request of the last minute, but the thread churn is there at any limit). The asyncio
-    storage expires keys in a task on the server's own loop."""
-
-    def __init__(self, app, rate: str):
+    def __init__(self, app, budgets: ShopBudgets):
         self.app = app
-        self.item = parse_rate(rate)
-        self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.budgets = budgets
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             match = WEBHOOK_PATH.match(scope.get("path", ""))
-            if match and not await self.limiter.hit(self.item, match.group(1), match.group(2)):
-                reset_at = (await self.limiter.get_window_stats(self.item, match.group(1), match.group(2))).reset_time
-                retry_after = max(1, math.ceil(reset_at - time.time()))
-                await send_error(send, 429, "rate_limited",
-                                 f"too many requests for this shop; retry after {retry_after}s",
-                                 {"Retry-After": str(retry_after)})
-                return
+            if match:
+                try:
+                    wait = await self.budgets.admit(match.group(1), match.group(2))
+                except psycopg.Error as exc:  # PoolTimeout and DatabaseUnavailable too
+                    if not is_connection_error(exc):
+                        log.error("could not lease webhook budget for %s: %s", match.group(0), short_reason(exc))
+                    unavailable = database_unavailable()
+                    return await send_error(send, unavailable.status, unavailable.code, unavailable.message,
+                                            unavailable.headers)
+                except Exception:  # noqa: BLE001 - the one 500 body, as on every route
+                    log.exception("the webhook rate limit failed on %s", match.group(0))
+                    return await send_error(send, 500, "internal_error", "the request could not be handled")
+                if wait is not None:
+                    metrics.RATE_LIMITED.inc()
+                    retry_after = retry_after_header(wait)
+                    return await send_error(send, 429, "rate_limited",
+                                            f"too many requests for this shop; retry after {retry_after}s",
+                                            {"Retry-After": retry_after})
         await self.app(scope, receive, send)
+
+
+def database_lease(database: Callable[[], Database]) -> Lease:
+    """Leases through the receiver's pool, on a worker thread (a lease is rare: one per
+    `lease_size` requests of a shop). `database` is called each time: the pool is
+    opened with the app, after the guards are built."""
+
+    def lease(request: LeaseRequest) -> Grant:
+        try:
+            with database().system_tx() as conn:
+                row = conn.execute(
+                    "SELECT * FROM lease_webhook_budget(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (request.vendor, request.shop, request.limit, request.period_s, request.wanted,
+                     request.return_window, request.returned, request.clean_at_most)).fetchone()
+        except Exception:
+            _LEASES["failed"].inc()
+            raise
+        _LEASES["granted" if row["granted"] else "refused"].inc()
+        return Grant(granted=row["granted"], window=row["window_no"], window_left_s=row["window_left_s"],
+                     retry_after_s=row["retry_after_s"], cleaned=row["cleaned"])
+
+    async def in_thread(request: LeaseRequest) -> Grant:
+        return await run_in_threadpool(lease, request)
+
+    return in_thread
 
 
 class BodyTooLarge(ApiError):

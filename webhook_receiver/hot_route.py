@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from webhook_receiver.errors import ApiError, error_response, unexpected_error_response
-from webhook_receiver.guards import BodySizeLimit, ShopRateLimit
+from webhook_receiver.guards import BodySizeLimit, ShopRateLimit, database_lease
+from webhook_receiver.shop_budget import ShopBudgets
 
 # The same paths Starlette's "/webhooks/shopmonkey/{tenant}" would match.
 SHOPMONKEY_WEBHOOK = re.compile(r"/webhooks/shopmonkey/([^/]+)")
@@ -54,8 +55,10 @@ class ReceiverApp(FastAPI):
                  body_limits: dict[str, int] | None = None, **fastapi_options):
         super().__init__(**fastapi_options)
         framework = partial(FastAPI.__call__, self)
+        # The lifespan opens state.db and closes the budgets (their leases in flight).
+        self.rate_budgets = ShopBudgets(rate_limit, database_lease(lambda: self.state.db))
         self._entry = ShopRateLimit(BodySizeLimit(HotRoute(framework, self, hot_handler), max_bytes=max_body_bytes,
-                                                  path_limits=body_limits), rate=rate_limit)
+                                                  path_limits=body_limits), self.rate_budgets)
 
     async def __call__(self, scope, receive, send) -> None:
         await self._entry(scope, receive, send)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from lead_orchestrator.settings import connection_name
 from lead_orchestrator.store.db import APP_ROLE, Availability, DatabaseUnavailable, is_connection_error, libpq_url
 from lead_orchestrator.store.inbox import NewEvent
 from webhook_receiver import metrics
@@ -103,7 +104,7 @@ class InboxWriter:
 
     async def _connect(self) -> psycopg.AsyncConnection:
         conn = await psycopg.AsyncConnection.connect(
-            self._url, application_name="receiver-inbox-writer", connect_timeout=CONNECT_TIMEOUT_S)
+            self._url, application_name=connection_name("receiver-inbox-writer"), connect_timeout=CONNECT_TIMEOUT_S)
         await conn.execute(f"SET ROLE {APP_ROLE}")
         await conn.commit()
         await conn.set_autocommit(True)  # one statement per batch: its own transaction

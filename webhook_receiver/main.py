@@ -15,7 +15,7 @@ from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
 from webhook_receiver.hot_route import ReceiverApp
 from webhook_receiver.inbox_writer import InboxWriter
-from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, twilio, unsubscribe
+from webhook_receiver.routers import docs, health, sendgrid, sendgrid_inbound, shopmonkey, tekmetric, twilio, unsubscribe
 
 # How long a request waits for a pooled connection (shop look-ups, callbacks, /readyz).
 POOL_TIMEOUT_S = 1.0
@@ -43,13 +43,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         owned = db is None
         # fail_fast and a short pool timeout: a sender gets its 503 at once while the
         # database is down, not after waiting for a connection that cannot come.
-        app.state.db = db or Database(settings.database_url, max_size=8, name="receiver",
+        app.state.db = db or Database(settings.database_url, max_size=settings.receiver_db_pool_size, name="receiver",
                                       timeout=POOL_TIMEOUT_S, fail_fast=True).open(wait=False)
         app.state.inbox_writer = InboxWriter(app.state.db.url, availability=app.state.db.availability).start()
         tune_garbage_collector()
         try:
             yield
         finally:
+            await app.rate_budgets.close()
             await app.state.inbox_writer.stop()
             if owned:
                 app.state.db.close()
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     errors.install(app)
     app.include_router(health.router)
     app.include_router(shopmonkey.router)
+    app.include_router(tekmetric.router)
     app.include_router(twilio.router)
     app.include_router(sendgrid.router)
     app.include_router(sendgrid_inbound.router)

@@ -27,6 +27,12 @@ class Accepted(BaseModel):
     event_id: int | None = None
 
 
+class TekmetricAnswer(BaseModel):
+    # ignored: an event about no repair order of the shop (an inspection, another shop's order)
+    status: Literal["accepted", "duplicate", "ignored"]
+    event_id: int | None = None
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.settings import ConfigError, get_settings
-from lead_orchestrator.store.shops import (SECRET_FIELDS, ShopCannotSend, ShopChanges, create_shop, get_shop, list_shops,
-                                    update_shop)
+from lead_orchestrator.store.shops import (CRMS, SECRET_FIELDS, ShopCannotSend, ShopChanges, ShopWrongCrm, create_shop,
+                                           get_shop, list_shops, new_tekmetric_webhook_token, update_shop)
 
 
-@click.group(help="Lead Orchestrator: answers new ShopMonkey estimates by text and email within seconds.")
+@click.group(help="Lead Orchestrator: answers new ShopMonkey and Tekmetric estimates by text and email within seconds.")
 def main() -> None:
     from lead_orchestrator import redaction
 
@@ -35,10 +35,16 @@ def main() -> None:
 @click.option("--standins", "vendors", flag_value="standins",
               help="Start the local stand-ins and point every shop at them.")
 @click.option("--no-demo", is_flag=True, help="Do not create the demo estimate at start.")
-def up(vendors: str | None, no_demo: bool) -> None:
+@click.option("--production", is_flag=True,
+              help="The production layout (docs/deployment.md): deploy/Procfile's command lines, a Dagster code "
+                   "server of its own, RECEIVER_WORKERS receiver workers on one port, several dispatchers.")
+@click.option("--dispatchers", default=2, show_default=True, type=click.IntRange(1, 16),
+              help="With --production: how many dispatchers.")
+def up(vendors: str | None, no_demo: bool, production: bool, dispatchers: int) -> None:
     from lead_orchestrator.runtime.stack import run_stack
 
-    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo))
+    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo, production=production,
+                       dispatchers=dispatchers))
 
 
 @main.command(help="Apply pending schema migrations (safe to run any time).")
@@ -69,13 +75,16 @@ def dispatcher(workers: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
-        db = Database(url, max_size=workers + 2, name="dispatcher").open(wait=False)  # the database may be down
+        # Workers share the pool: one holds a connection only inside a transaction.
+        pool_size = min(workers + 2, settings.dispatcher_db_pool_size)
+        db = Database(url, max_size=pool_size, name="dispatcher").open(wait=False)  # the database may be down
         reporter = _leads_history_recorder(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
-        click.echo(f"dispatcher: {workers} workers, waiting for inbox events")
+        click.echo(f"dispatcher: {workers} workers, at most {pool_size} pooled database connections, "
+                   "waiting for inbox events")
         try:
-            Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
+            Dispatcher(db, vendors_from_settings(settings, db), workers=workers, reporter=reporter).run(stop)
         finally:
             db.close()
 
@@ -147,7 +156,11 @@ def _replace_file(path, text: str) -> None:
 _SHOP_OPTIONS = [
     click.option("--name"), click.option("--time-zone", help="IANA zone, e.g. America/Chicago"),
     click.option("--shop-phone"), click.option("--postal-address"),
-    click.option("--shopmonkey-api-key"), click.option("--webhook-secret"),
+    click.option("--crm", type=click.Choice(CRMS), help="The shop's CRM (default shopmonkey)."),
+    click.option("--shopmonkey-api-key"), click.option("--webhook-secret", help="ShopMonkey's webhook signing secret"),
+    click.option("--tekmetric-shop-id", type=int, help="Tekmetric shops: the shop's id in Tekmetric"),
+    click.option("--skip-scope-check", is_flag=True,
+                 help="Tekmetric shops: do not ask Tekmetric whether the shop connected the partner app"),
     click.option("--twilio-account-sid"), click.option("--twilio-auth-token"),
     click.option("--twilio-sender", help="E.164 number or Messaging Service SID (MG…)"),
     click.option("--sendgrid-api-key"), click.option("--sendgrid-sender"),
@@ -174,11 +187,26 @@ def _changes(values: dict) -> ShopChanges:
         raise click.BadParameter(f"{'.'.join(map(str, first['loc']))}: {message}") from None
 
 
-def _describe(shop) -> dict:
-    data = shop.model_dump(mode="json")
+def _describe(shop, webhook_token: str | None = None) -> dict:
+    data = shop.model_dump(mode="json", exclude={"credentials"})
     for field in SECRET_FIELDS:  # never print a secret, only whether it is set
         data[field] = "set" if getattr(shop, field) else "not set"
+    if shop.crm == "tekmetric":
+        from lead_orchestrator.cli.crm_apps import tekmetric_webhook_url
+
+        data["tekmetric_shop_id"] = shop.credentials.shop_id
+        data["tekmetric_partner_app"] = shop.credentials.app.client_id if shop.credentials.app else "not configured"
+        # The URL carries the token, shown only when it is made: only its digest is stored.
+        data["webhook_url"] = (tekmetric_webhook_url(webhook_token) if webhook_token else
+                               "set (shown once; `shops update --rotate-webhook-token` makes a new one)"
+                               if shop.credentials.webhook_token_sha256 else "not set")
     return data
+
+
+def _say_webhook_url(shop, token: str | None) -> None:
+    if token:  # on stderr, so that stdout stays the JSON
+        click.echo(f"Paste this URL into Tekmetric as shop {shop.credentials.shop_id}'s webhook (it is shown "
+                   f"only now):\n  {_describe(shop, token)['webhook_url']}", err=True)
 
 
 @main.group(help="Add, list, show and update shops (tenants).")
@@ -190,40 +218,66 @@ def shops() -> None:
                               "printed back); prints the shop as JSON.")
 @click.argument("slug")
 @_shop_options
-def shops_add(slug: str, **values) -> None:
+def shops_add(slug: str, skip_scope_check: bool, **values) -> None:
     name = values.pop("name") or slug
     changes = _changes(values)
+    token = None
     with database_url_for(get_settings()) as (url, _):
         apply_migrations(url)
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
-                shop = create_shop(conn, slug, name, changes)
-            except ShopCannotSend as exc:
+                crm = changes.check_crm()
+                if crm == "tekmetric" and not skip_scope_check:
+                    from lead_orchestrator.cli.crm_apps import check_tekmetric_scope
+
+                    check_tekmetric_scope(conn, changes.tekmetric_shop_id)
+                with conn.transaction():
+                    shop = create_shop(conn, slug, name, changes)
+                    if crm == "tekmetric":
+                        token = new_tekmetric_webhook_token(conn, slug)
+                        shop = get_shop(conn, slug)
+            except (ShopCannotSend, ShopWrongCrm) as exc:
                 raise click.ClickException(str(exc)) from None
             except psycopg.errors.UniqueViolation:
                 raise click.ClickException(f"a shop named {slug!r} exists already (use `shops update`)") from None
             except psycopg.errors.CheckViolation:
                 raise click.ClickException("slug must be 2-63 lowercase letters, digits or dashes") from None
-    click.echo(json.dumps(_describe(shop), indent=2))
+    click.echo(json.dumps(_describe(shop, token), indent=2))
+    _say_webhook_url(shop, token)
 
 
 @shops.command("update", help="Change any of a shop's settings or credentials; prints the shop as JSON.")
 @click.argument("slug")
 @_shop_options
-def shops_update(slug: str, **values) -> None:
+@click.option("--rotate-webhook-token", is_flag=True,
+              help="Tekmetric shops: a new webhook URL (printed once); the old one stops working at once.")
+def shops_update(slug: str, skip_scope_check: bool, rotate_webhook_token: bool, **values) -> None:
     changes = _changes(values)
+    token = None
     with database_url_for(get_settings()) as (url, _):
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
-                shop = update_shop(conn, slug, changes)
-            except ShopCannotSend as exc:
+                current = get_shop(conn, slug)
+                if current is None:
+                    raise click.ClickException(f"no shop named {slug!r}")
+                crm = changes.check_crm(current)
+                if crm == "tekmetric" and changes.tekmetric_shop_id and not skip_scope_check:
+                    from lead_orchestrator.cli.crm_apps import check_tekmetric_scope
+
+                    check_tekmetric_scope(conn, changes.tekmetric_shop_id)
+                with conn.transaction():
+                    shop = update_shop(conn, slug, changes)
+                    # A shop that just became a Tekmetric shop gets its URL at once.
+                    if rotate_webhook_token or (crm == "tekmetric" and not shop.credentials.webhook_token_sha256):
+                        token = new_tekmetric_webhook_token(conn, slug)
+                        shop = get_shop(conn, slug)
+            except (ShopCannotSend, ShopWrongCrm) as exc:
                 raise click.ClickException(str(exc)) from None
-    if shop is None:
-        raise click.ClickException(f"no shop named {slug!r}")
-    click.echo(json.dumps(_describe(shop), indent=2))
+    click.echo(json.dumps(_describe(shop, token), indent=2))
+    _say_webhook_url(shop, token)
 
 
-@shops.command("list", help="One line per shop: slug, name, time zone, active or not.")
+@shops.command("list", help="One line per shop: slug, name, CRM, time zone, active or not.")
 def shops_list() -> None:
     with database_url_for(get_settings()) as (url, _):
         apply_migrations(url)
@@ -232,7 +286,8 @@ def shops_list() -> None:
     if not found:
         click.echo("no shops yet: add one with `lead-orchestrator shops add SLUG --name ...`")
     for shop in found:
-        click.echo(f"{shop.slug:24} {shop.name:30} {shop.time_zone:20} {'active' if shop.active else 'inactive'}")
+        click.echo(f"{shop.slug:24} {shop.name:30} {shop.crm:11} {shop.time_zone:20} "
+                   f"{'active' if shop.active else 'inactive'}")
 
 
 @shops.command("show", help="Print a shop as JSON (secrets only as set / not set).")
@@ -269,6 +324,10 @@ main.add_command(_sql)
 from lead_orchestrator.cli.replies import replies as _replies  # noqa: E402  (email replies: docs/replies.md)
 
 main.add_command(_replies)
+
+from lead_orchestrator.cli.crm_apps import crm_app as _crm_app  # noqa: E402  (Tekmetric's partner app)
+
+main.add_command(_crm_app)
 
 from lead_orchestrator.cli.poll import poll as _poll  # noqa: E402  (the backup poll as a process: docs/poll.md)
 

@@ -58,7 +58,7 @@ def poll(shard_text: str, once: bool, slugs: tuple[str, ...]) -> None:
         db = Database(url, max_size=settings.poll_db_connections, name="poll").open()
         try:
             with new_http_client(config) as http:
-                vendors = vendors_from_settings(settings)
+                vendors = vendors_from_settings(settings, db)
                 while not stop.is_set():
                     started = time.monotonic()
                     cycle = poll_cycle(db, vendors, http=http, config=config, shard=shard, tenant_ids=tenant_ids)

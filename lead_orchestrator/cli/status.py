@@ -23,8 +23,8 @@ SLOW_PENDING = dt.timedelta(minutes=1)
 
 
 def read_status(conn, slug: str | None = None) -> dict:
-    rows = conn.execute("SELECT * FROM analytics.shop_health WHERE %(slug)s::text IS NULL OR shop = %(slug)s "
-                        "ORDER BY shop", {"slug": slug}).fetchall()
+    rows = conn.execute("SELECT h.*, s.crm FROM analytics.shop_health h JOIN analytics.shops s USING (shop_id) "
+                        "WHERE %(slug)s::text IS NULL OR h.shop = %(slug)s ORDER BY h.shop", {"slug": slug}).fetchall()
     head = conn.execute("SELECT fast_path_alive() AS alive, now() AS now").fetchone()
     return {"generated_at": head["now"], "dispatcher_alive": head["alive"],
             "shops": [shop_status(row, head["now"]) for row in rows]}
@@ -33,7 +33,8 @@ def read_status(conn, slug: str | None = None) -> dict:
 def shop_status(row: dict, now: dt.datetime) -> dict:
     """One shop's figures, grouped, and the problems they show."""
     status = {
-        "shop": row["shop"], "name": row["name"], "time_zone": row["time_zone"], "active": row["active"],
+        "shop": row["shop"], "name": row["name"], "crm": row["crm"], "time_zone": row["time_zone"],
+        "active": row["active"],
         "leads": {"active": row["active_leads"]},
         "messages": {"scheduled": row["messages_scheduled"], "deferred": row["messages_deferred"],
                      "next_send_at": row["next_send_at"], "sending": row["messages_sending"],
@@ -56,7 +57,11 @@ def problems(s: dict, now: dt.datetime) -> list[str]:
     """What an operator should look at, in words (no I/O; tested on constructed figures)."""
     found = []
     poll, events, messages = s["poll"], s["events"], s["messages"]
-    if poll["health"] == "unauthorized":
+    if poll["health"] == "unauthorized" and s.get("crm") == "tekmetric":
+        found.append("Tekmetric refuses the partner app's credentials, or the shop left the app's scope: fix them "
+                     f"with `crm-app set tekmetric …`, or the shop id with `shops update {s['shop']} "
+                     "--tekmetric-shop-id …`")
+    elif poll["health"] == "unauthorized":
         found.append("ShopMonkey refuses the shop's API key: fix it with `shops update "
                      f"{s['shop']} --shopmonkey-api-key …`")
     elif poll["health"] == "failing":

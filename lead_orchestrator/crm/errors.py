@@ -7,6 +7,10 @@ class CrmError(RuntimeError):
     """Something went wrong that is not one of the cases below (e.g. a malformed answer):
     treated as unexpected, retried a few times, then dead-lettered with its reason."""
 
+    # Requests the failed call had made, retries included, when its adapter counted them
+    # (a scan that failed before reading anything still cost requests).
+    requests: int | None = None
+
     def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.status = status

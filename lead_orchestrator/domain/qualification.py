@@ -1,16 +1,22 @@
-"""Which ShopMonkey orders become leads, and how each customer may be reached.
+"""Which estimates become leads, and how each customer may be reached.
 
-Pure functions over the API's JSON (dicts), unit-tested without a database.
+Pure functions over the domain's `Estimate` and `Customer` (whatever CRM they came
+from), unit-tested without a database. Consent the CRM states is obeyed (a ShopMonkey
+phone without `optIn` is not texted); consent it does not state (None: Tekmetric has no
+such field) is not read as a no — our own ledger of opt-outs (STOP, unsubscribe) decides
+at send time.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
-from lead_orchestrator.domain.contact_points import normalize_email, normalize_phone
+from lead_orchestrator.domain.estimates import OPEN_STATUSES, Customer, Estimate, PhoneKind
+from lead_orchestrator.domain.estimates import parse_stamp as parse_time  # noqa: F401 - kept for its callers
 
-Json = dict[str, Any]
+# A phone whose kind the CRM did not record may be a mobile, so it is texted (as
+# ShopMonkey numbers without a type always were).
+TEXTABLE = frozenset({PhoneKind.MOBILE, PhoneKind.UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -31,91 +37,69 @@ class Qualification:
     reach: Reachability
 
 
-def parse_time(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+def closing_reason(estimate: Estimate) -> str | None:
+    """Why an estimate no longer needs chasing (approved, booked, closed), or None."""
+    return estimate.closing_reason
 
 
-def closing_reason(order: Json) -> str | None:
-    """Why an order no longer needs chasing (approved, booked, closed), or None."""
-    if order.get("deleted"):
-        return "deleted"
-    if order.get("archived"):
-        return "archived"
-    if order.get("paid"):
-        return "paid"
-    if order.get("invoiced") or order.get("status") == "Invoice":
-        return "invoiced"
-    if order.get("authorized"):
-        return "authorized"
-    if order.get("status") == "RepairOrder":
-        return "became_repair_order"
-    if order.get("appointmentDates"):
-        return "appointment_booked"
-    return None
-
-
-def reachability(order: Json, customer: Json) -> Reachability:
-    """Picks the phone and email to use, honouring the order's overrides, the primary
-    flags, consent (phone optIn, email subscribed) and the preferred contact method."""
+def reachability(customer: Customer) -> Reachability:
+    """Picks the phone and email to use: the customer's primary ones (for a ShopMonkey
+    estimate, the ones the order chose), honouring stated consent and the preferred
+    contact method."""
     notes: list[str] = []
-    phone_row = _pick(customer.get("phoneNumbers") or [], order.get("phoneNumberId"))
-    email_row = _pick(customer.get("emails") or [], order.get("emailId"))
-
     phone = None
-    if phone_row is None:
-        notes.append("sms:no_phone")
-    elif phone_row.get("type") not in (None, "Mobile"):
-        notes.append(f"sms:not_mobile({phone_row.get('type')})")
-    elif not phone_row.get("optIn"):
+    chosen = customer.primary_phone
+    if chosen is None:
+        notes.append("sms:" + _missing(customer, "phone", customer.phones, "no_phone", "invalid_number"))
+    elif chosen.kind not in TEXTABLE:
+        notes.append(f"sms:not_mobile({chosen.kind.value})")
+    elif chosen.sms_consent is False:
         notes.append("sms:no_opt_in")
-    elif (phone := normalize_phone(phone_row.get("number"))) is None:
-        notes.append("sms:invalid_number")
+    else:
+        phone = chosen.number
 
     email = None
-    if email_row is None:
-        notes.append("email:no_email")
-    elif not email_row.get("subscribed"):
+    address = customer.primary_email
+    if address is None:
+        notes.append("email:" + _missing(customer, "email", customer.emails, "no_email", "invalid_address"))
+    elif address.consent is False:
         notes.append("email:unsubscribed")
-    elif (email := normalize_email(email_row.get("email"))) is None:
-        notes.append("email:invalid_address")
+    else:
+        email = address.address
 
-    preferred = customer.get("preferredContactMethod")
     # The preference chooses the channel; when that channel is unreachable we still use
     # the other one rather than leave the customer without an answer.
-    if preferred == "SMS" and phone and email:
+    if customer.preferred_channel == "sms" and phone and email:
         email, notes = None, notes + ["email:prefers_sms"]
-    elif preferred == "Email" and phone and email:
+    elif customer.preferred_channel == "email" and phone and email:
         phone, notes = None, notes + ["sms:prefers_email"]
     return Reachability(phone=phone, email=email, notes=tuple(notes))
 
 
-def _pick(rows: list[Json], override_id: str | None) -> Json | None:
-    if override_id:
-        for row in rows:
-            if row.get("id") == override_id:
-                return row
-    for row in rows:
-        if row.get("primary"):
-            return row
-    return rows[0] if len(rows) == 1 else None
+def _missing(customer: Customer, channel: str, kept: tuple, none: str, invalid: str) -> str:
+    """Why there is no address to use: several and none primary, one the CRM holds but
+    that does not parse, or none at all."""
+    if kept:
+        return "no_primary"
+    if any(u.startswith(f"{channel}:{invalid}") for u in customer.unusable):
+        return invalid
+    return none
 
 
-def qualify(order: Json, customer: Json | None, *, now: dt.datetime, max_age_days: int) -> Qualification:
+def qualify(estimate: Estimate, *, now: dt.datetime, max_age_days: int) -> Qualification:
     empty = Reachability(None, None)
-    if order.get("status") != "Estimate" and not closing_reason(order):
-        return Qualification(False, f"status:{order.get('status')}", empty)
-    if reason := closing_reason(order):
+    reason = estimate.closing_reason
+    if estimate.status not in OPEN_STATUSES and reason is None:
+        return Qualification(False, f"status:{estimate.crm_status or estimate.status.value}", empty)
+    if reason:
         return Qualification(False, reason, empty)
-    created = parse_time(order.get("createdDate"))
-    if created is None:
+    if estimate.created_at is None:
         return Qualification(False, "no_created_date", empty)
-    if now - created > dt.timedelta(days=max_age_days):
+    if now - estimate.created_at > dt.timedelta(days=max_age_days):
         return Qualification(False, "too_old", empty)
-    if not customer:
+    if estimate.customer is None:
         return Qualification(False, "no_customer", empty)
-    reach = reachability(order, customer)
+    reach = reachability(estimate.customer)
     if not reach.channels:
         return Qualification(False, "no_contact", reach)
     return Qualification(True, "qualified", reach)

@@ -20,6 +20,8 @@ import time
 
 import psycopg
 
+from lead_orchestrator.settings import connection_name
+
 log = logging.getLogger(__name__)
 
 SENDER_LOCK_CLASS = 4242010  # matches live_sender_pids() in sql/0010_send_outcomes.sql
@@ -54,7 +56,7 @@ class SenderSession:
             return self._pid
 
     def _open(self) -> None:
-        conn = psycopg.connect(self._url, autocommit=True, application_name="lead-sender", connect_timeout=5)
+        conn = psycopg.connect(self._url, autocommit=True, application_name=connection_name("lead-sender"), connect_timeout=5)
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         conn.execute("SELECT pg_advisory_lock(%s::int, %s::int)", (SENDER_LOCK_CLASS, pid))
         self._conn, self._pid, self._checked = conn, pid, time.monotonic()

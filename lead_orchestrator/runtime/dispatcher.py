@@ -30,6 +30,7 @@ from typing import Protocol
 
 import psycopg
 
+from lead_orchestrator.settings import connection_name
 from lead_orchestrator.store.db import is_connection_error, short_reason
 from lead_orchestrator.services.ingest import EventResult, claim_events, process_event, release_event
 from lead_orchestrator.services.send_reconcile import start_send_reconciler
@@ -116,7 +117,7 @@ class Dispatcher:
 
     def _listen(self) -> psycopg.Connection:
         """The connection that wakes the dispatcher and tells the inbox sensor it is alive."""
-        listen = psycopg.connect(self.db.url, autocommit=True, application_name="dispatcher-listen",
+        listen = psycopg.connect(self.db.url, autocommit=True, application_name=connection_name("dispatcher-listen"),
                                  connect_timeout=5)
         try:
             listen.execute("LISTEN inbox_events")

@@ -1,11 +1,13 @@
 """`lead-orchestrator up`: the whole stack in one command.
 
 Starts (or attaches to) the database and applies the schema; with the stand-ins (the
-default when no vendor base URL is configured, see `choose_vendors`), starts them and a
-demo shop wired to them; then the webhook receiver, the dispatcher, the Dagster webserver
+default when no vendor base URL is configured, see `choose_vendors`), starts them and two
+demo shops wired to them (one on ShopMonkey, one on Tekmetric); then the webhook receiver, the dispatcher, the Dagster webserver
 and the Dagster daemon. Every process it starts, the embedded database included, is
 supervised (lead_orchestrator.runtime.supervisor): one that exits is restarted, the others keep
-running. Ctrl-C (or SIGTERM) stops every process it started.
+running. Ctrl-C (or SIGTERM) stops every process it started. `--production` runs the
+processes of deploy/Procfile instead (runtime/layout.py): a code server of its own, a
+receiver with several workers, two dispatchers.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -30,16 +33,23 @@ from lead_orchestrator.store.db import libpq_url, sqlalchemy_psycopg2_url
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.runtime.postgres_child import EmbeddedPostgresChild
 from lead_orchestrator.settings import Settings
-from lead_orchestrator.store.shops import ShopChanges, create_shop, get_shop, list_shops, update_shop
+from lead_orchestrator.store.crm_apps import get_crm_app, set_crm_app
+from lead_orchestrator.store.shops import (ShopChanges, create_shop, get_shop, list_shops, new_tekmetric_webhook_token,
+                                           update_shop)
 from lead_orchestrator.runtime.supervisor import ProcessChild, RestartPolicy, Supervisor, stop_process_groups
 
 __all__ = ["run_stack", "stop_process_groups", "choose_vendors"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_SLUG = "demo"
-VENDOR_LABELS = {"shopmonkey": "ShopMonkey", "twilio": "Twilio", "sendgrid": "SendGrid"}
+TEKMETRIC_DEMO_SLUG = "demo-tekmetric"
+TEKMETRIC_DEMO_SHOP_ID = 7001  # the demo shop's id in the Tekmetric stand-in
+TEKMETRIC_DEMO_APP_ID = "demo-partner-app"
+DEMO_SLUGS = (DEMO_SLUG, TEKMETRIC_DEMO_SLUG)
+VENDOR_LABELS = {"shopmonkey": "ShopMonkey", "tekmetric": "Tekmetric", "twilio": "Twilio", "sendgrid": "SendGrid"}
 # vendor -> (Settings field, environment variable) of its base URL
 VENDOR_URL_SETTINGS = {"shopmonkey": ("shopmonkey_base_url", "SHOPMONKEY_BASE_URL"),
+                       "tekmetric": ("tekmetric_base_url", "TEKMETRIC_BASE_URL"),
                        "twilio": ("twilio_api_base_url", "TWILIO_API_BASE_URL"),
                        "sendgrid": ("sendgrid_api_base_url", "SENDGRID_API_BASE_URL")}
 # With the stand-ins, replies are received for this made-up domain unless INBOUND_PARSE_DOMAIN says otherwise.
@@ -58,8 +68,8 @@ class VendorChoice:
 
 
 def standin_ports(settings: Settings) -> dict[str, int]:
-    return {"shopmonkey": settings.shopmonkey_standin_port, "twilio": settings.twilio_standin_port,
-            "sendgrid": settings.sendgrid_standin_port}
+    return {"shopmonkey": settings.shopmonkey_standin_port, "tekmetric": settings.tekmetric_standin_port,
+            "twilio": settings.twilio_standin_port, "sendgrid": settings.sendgrid_standin_port}
 
 
 def choose_vendors(settings: Settings, requested: str | None = None) -> VendorChoice:
@@ -129,6 +139,14 @@ def dagster_storage_url(database_url: str, embedded) -> str:
     return sqlalchemy_psycopg2_url(url)
 
 
+def _demo_messaging(phone: str, email: str) -> dict:
+    """Stand-in Twilio and SendGrid accounts for a demo shop, answering at any hour."""
+    return dict(twilio_account_sid="AC" + secrets.token_hex(16), twilio_auth_token=secrets.token_hex(16),
+                twilio_sender=phone, sendgrid_api_key="SG." + secrets.token_urlsafe(24), sendgrid_sender=email,
+                # Demo: answer at any hour, so the first touch is visible at once.
+                send_window_start="00:00", send_window_end="23:59:59", settings={"holiday_country": None})
+
+
 def ensure_demo_shop(database_url: str) -> dict:
     """The demo shop and the credentials the stand-ins will accept for it."""
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
@@ -139,14 +157,30 @@ def ensure_demo_shop(database_url: str) -> dict:
                 postal_address="100 Congress Ave, Austin, TX 78701",
                 shopmonkey_api_key="demo-" + secrets.token_hex(12),
                 webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
-                twilio_account_sid="AC" + secrets.token_hex(16), twilio_auth_token=secrets.token_hex(16),
-                twilio_sender="+15125550100", sendgrid_api_key="SG." + secrets.token_urlsafe(24),
-                sendgrid_sender="service@demo-auto.example",
-                # Demo: answer at any hour, so the first touch is visible at once.
-                send_window_start="00:00", send_window_end="23:59:59", settings={"holiday_country": None},
+                **_demo_messaging("+15125550100", "service@demo-auto.example"),
             ))
     return {"shop": shop, "sm_key": shop.shopmonkey_api_key.get_secret_value(),
             "secret": shop.webhook_secret.get_secret_value()}
+
+
+def ensure_tekmetric_demo_shop(database_url: str) -> dict:
+    """The Tekmetric demo shop, the partner app the stand-in will accept (the stored one,
+    else a demo app is stored), and a fresh webhook URL token: only its digest is kept, so
+    the stand-in is given a new one at every start."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        app = get_crm_app(conn, "tekmetric")
+        if app is None:
+            set_crm_app(conn, "tekmetric", TEKMETRIC_DEMO_APP_ID, secrets.token_urlsafe(24))
+            app = get_crm_app(conn, "tekmetric")
+        if get_shop(conn, TEKMETRIC_DEMO_SLUG) is None:
+            create_shop(conn, TEKMETRIC_DEMO_SLUG, "Demo Brakes (Tekmetric)", ShopChanges(
+                crm="tekmetric", tekmetric_shop_id=TEKMETRIC_DEMO_SHOP_ID, time_zone="America/Denver",
+                shop_phone="+13035550199", postal_address="1600 Champa St, Denver, CO 80202",
+                **_demo_messaging("+13035550100", "service@demo-brakes.example"),
+            ))
+        token = new_tekmetric_webhook_token(conn, TEKMETRIC_DEMO_SLUG)
+        shop = get_shop(conn, TEKMETRIC_DEMO_SLUG)
+    return {"shop": shop, "app": app, "token": token}
 
 
 def register_with_standins(demo: dict, urls: dict[str, str], receiver_url: str) -> None:
@@ -154,6 +188,20 @@ def register_with_standins(demo: dict, urls: dict[str, str], receiver_url: str) 
     httpx.post(f"{urls['shopmonkey']}/_standin/shops", timeout=5, json={
         "api_key": demo["sm_key"], "webhook_secret": demo["secret"],
         "webhook_url": f"{receiver_url}/webhooks/shopmonkey/{shop.slug}"}).raise_for_status()
+    register_messaging(shop, urls)
+
+
+def register_tekmetric_demo(demo: dict, urls: dict[str, str], receiver_url: str) -> None:
+    app, shop = demo["app"], demo["shop"]
+    httpx.post(f"{urls['tekmetric']}/_standin/apps", timeout=5, json={
+        "client_id": app.client_id, "client_secret": app.client_secret.get_secret_value()}).raise_for_status()
+    httpx.post(f"{urls['tekmetric']}/_standin/shops", timeout=5, json={
+        "shop_id": shop.credentials.shop_id, "client_id": app.client_id, "name": shop.name,
+        "webhook_url": f"{receiver_url}/webhooks/tekmetric/{demo['token']}"}).raise_for_status()
+    register_messaging(shop, urls)
+
+
+def register_messaging(shop, urls: dict[str, str]) -> None:
     httpx.post(f"{urls['twilio']}/_standin/accounts", timeout=5, json={
         "account_sid": shop.twilio_account_sid, "auth_token": shop.twilio_auth_token.get_secret_value(),
         "numbers": [shop.twilio_sender]}).raise_for_status()
@@ -190,35 +238,60 @@ def say_email_replies(settings: Settings, domain: str | None) -> None:
             "reply goes to the shop's sender address and does not stop the follow-ups (docs/replies.md)")
 
 
-def create_demo_estimate(demo: dict, urls: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class DemoEstimate:
+    crm: str
+    shop: object  # store.shops.Shop: its Twilio and SendGrid senders tell its messages apart
+    order_id: str
+
+
+def create_demo_estimate(demo: dict, urls: dict[str, str]) -> DemoEstimate:
     response = httpx.post(f"{urls['shopmonkey']}/_standin/orders", timeout=10, json={
         "api_key": demo["sm_key"],
         "customer": {"firstName": "Dana", "lastName": "Lopez"},
     })
     response.raise_for_status()
-    return response.json()["order"]["id"]
+    return DemoEstimate("ShopMonkey", demo["shop"], response.json()["order"]["id"])
 
 
-def wait_for_first_touch(urls: dict[str, str], since: float, supervisor: Supervisor,
-                         stop: threading.Event, timeout: float = 60.0) -> None:
-    got: dict[str, float] = {}
+def create_tekmetric_demo_estimate(demo: dict, urls: dict[str, str]) -> DemoEstimate:
+    response = httpx.post(f"{urls['tekmetric']}/_standin/orders", timeout=10, json={
+        "shop_id": demo["shop"].credentials.shop_id, "customer": {"firstName": "Sam", "lastName": "Ortiz"},
+    })
+    response.raise_for_status()
+    return DemoEstimate("Tekmetric", demo["shop"], str(response.json()["order"]["id"]))
+
+
+def wait_for_first_touches(urls: dict[str, str], estimates: list[DemoEstimate], since: float,
+                           supervisor: Supervisor, stop: threading.Event, timeout: float = 60.0) -> None:
+    """Waits until each demo shop's SMS and email reached the stand-ins (the demo shops
+    send from senders of their own)."""
+    got: dict[tuple[str, str], float] = {}
+
+    def senders(name: str) -> set[str]:
+        try:  # what the vendor accepted
+            return {m.get("from") for m in httpx.get(f"{urls[name]}/_outbox.json", timeout=2).json()}
+        except (httpx.HTTPError, ValueError):
+            return set()
 
     def arrived() -> bool:
-        for name in ("twilio", "sendgrid"):
-            if name not in got:
-                try:
-                    if httpx.get(f"{urls[name]}/_outbox.json", timeout=2).json():  # what the vendor accepted
-                        got[name] = time.monotonic() - since
-                except (httpx.HTTPError, ValueError):
-                    pass
-        return len(got) == 2
+        texts, mails = senders("twilio"), senders("sendgrid")
+        for estimate in estimates:
+            for channel, found in (("SMS", estimate.shop.twilio_sender in texts),
+                                   ("email", estimate.shop.sendgrid_sender in mails)):
+                if found:
+                    got.setdefault((estimate.crm, channel), time.monotonic() - since)
+        return len(got) == 2 * len(estimates)
 
     supervisor.wait_until(arrived, timeout, stop, interval=0.25)
-    for name, label in (("twilio", "SMS"), ("sendgrid", "email")):
-        if name in got:
-            say(f"demo {label} reached the {name} stand-in {got[name]:.1f}s after the estimate was created")
-        else:
-            say(f"no demo {label} yet after {timeout:.0f}s: see {urls[name]}/_outbox and the Dagster UI runs")
+    for estimate in estimates:
+        for channel, name in (("SMS", "twilio"), ("email", "sendgrid")):
+            if (estimate.crm, channel) in got:
+                say(f"demo {channel} for the {estimate.crm} estimate reached the {name} stand-in "
+                    f"{got[(estimate.crm, channel)]:.1f}s after the estimates were created")
+            else:
+                say(f"no demo {channel} for the {estimate.crm} estimate yet after {timeout:.0f}s: see "
+                    f"{urls[name]}/_outbox and the Dagster UI runs")
 
 
 def app_children(settings: Settings, env: dict[str, str], log_dir: Path) -> list[tuple[ProcessChild, str | None]]:
@@ -256,19 +329,32 @@ def say_vendors(choice: VendorChoice, shops: list) -> None:
         say(f"vendors: real ({choice.reason})")
     for name, url in choice.urls.items():
         print(f"      {VENDOR_LABELS[name]:<11} {url}", flush=True)
-    others = [s.slug for s in shops if s.slug != DEMO_SLUG]
+    others = [s.slug for s in shops if s.slug not in DEMO_SLUGS]
     if choice.standins and others:
         say(f"note: shops {', '.join(others)} talk to the stand-ins in this mode, not to their real accounts")
-    demo = next((s for s in shops if s.slug == DEMO_SLUG and s.active), None)
     if not choice.standins:
         say(f"shops: {', '.join(s.slug for s in shops if s.active) or '(none active yet)'}")
-        if demo is not None:
-            say("warning: the demo shop is active and has only stand-in accounts; it fails against the real "
-                f"vendors (`./dev cli shops update {DEMO_SLUG} --inactive`)")
+        for demo in (s for s in shops if s.slug in DEMO_SLUGS and s.active):
+            say(f"warning: the demo shop {demo.slug} is active and has only stand-in accounts; it fails against the "
+                f"real vendors (`./dev cli shops update {demo.slug} --inactive`)")
 
 
-def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True) -> int:
-    """`vendors`: "standins", "real" or None (see choose_vendors)."""
+def app_stages(settings: Settings, env: dict[str, str], log_dir: Path, production: bool,
+               dispatchers: int) -> list[list[tuple[ProcessChild, Callable[[], bool] | None]]]:
+    """The application's children with their readiness probes, in stages: a stage starts
+    once the one before it serves."""
+    if production:
+        from lead_orchestrator.runtime.layout import production_stages
+
+        return production_stages(settings, env, log_dir, answers, dispatchers)
+    return [[(child, (lambda u=url: answers(u)) if url else None) for child, url in app_children(settings, env, log_dir)]]
+
+
+def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = True, production: bool = False,
+              dispatchers: int = 2) -> int:
+    """`vendors`: "standins", "real" or None (see choose_vendors). `production`: the
+    processes of deploy/Procfile (runtime/layout.py) with `dispatchers` dispatchers,
+    instead of the development set."""
     stop = threading.Event()
     # SIGHUP too: a closed terminal must not leave the children running without us.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -278,6 +364,8 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
     log_dir = data_dir / "logs"
     choice = choose_vendors(settings, vendors)
     ports = {"DAGSTER_PORT": settings.dagster_port}
+    if production:
+        ports["DAGSTER_CODE_SERVER_PORT"] = settings.dagster_code_server_port
     if choice.standins:
         ports.update({f"{name.upper()}_STANDIN_PORT": port for name, port in standin_ports(settings).items()})
     busy = (ports_in_use(settings.receiver_host, {"RECEIVER_PORT": settings.receiver_port})
@@ -316,6 +404,7 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
                    # Every child decrypts shop secrets with the same key(s) as this process.
                    "LEAD_ENCRYPTION_KEY": ",".join(settings.encryption_keys()),
                    "SHOPMONKEY_BASE_URL": choice.urls["shopmonkey"],
+                   "TEKMETRIC_BASE_URL": choice.urls["tekmetric"],
                    "TWILIO_API_BASE_URL": choice.urls["twilio"],
                    "SENDGRID_API_BASE_URL": choice.urls["sendgrid"]}
             urls = choice.urls if choice.standins else {}
@@ -326,31 +415,38 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
             say_email_replies(settings, reply_domain)
             if choice.standins:
                 demo_shop = ensure_demo_shop(database_url)
+                tekmetric_demo = ensure_tekmetric_demo_shop(database_url)
 
                 def wire_demo_shop() -> None:
                     # Again after every restart of the stand-ins: they keep everything in memory.
                     register_with_standins(demo_shop, urls, receiver_url)
+                    register_tekmetric_demo(tekmetric_demo, urls, receiver_url)
                     connect_demo_email_events(database_url, urls, receiver_url)
                     connect_demo_replies(urls, receiver_url, reply_domain)
 
                 supervisor.add(standins_child(settings, env, log_dir), on_ready=wire_demo_shop,
                                ready=lambda: all(answers(f"{url}/docs") for url in urls.values()))
                 names.append("standins")
-            say("starting the webhook receiver, the dispatcher, Dagster webserver and Dagster daemon")
-            for child, ready_url in app_children(settings, env, log_dir):
-                supervisor.add(child, ready=(lambda u=ready_url: answers(u)) if ready_url else None)
-                names.append(child.name)
-            if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
-                if stop.is_set():
-                    return 0
-                waiting = [n for n in names if not supervisor.is_ready(n)]
-                say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
-                    "still trying")
+            for stage in app_stages(settings, env, log_dir, production, dispatchers):
+                say(f"starting {', '.join(child.name for child, _ in stage)}")
+                for child, ready in stage:
+                    supervisor.add(child, ready=ready)
+                    names.append(child.name)
+                if not supervisor.wait_until(lambda: all(supervisor.is_ready(n) for n in names), 180, stop):
+                    if stop.is_set():
+                        return 0
+                    waiting = [n for n in names if not supervisor.is_ready(n)]
+                    say(f"warning: not serving after 180 s: {', '.join(waiting)} (logs in {log_dir}); "
+                        "still trying")
 
             dagster_url = f"http://127.0.0.1:{settings.dagster_port}"
             print()
             print(f"  Dagster UI           {dagster_url}")
-            print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, GET /readyz, /metrics)")
+            if production:
+                print(f"  Dagster code server  {settings.dagster_code_server_host}:{settings.dagster_code_server_port}"
+                      f"   (loaded through deploy/workspace.yaml)")
+            print(f"  Webhook receiver     {receiver_url}   (POST /webhooks/shopmonkey/<shop>, "
+                  "/webhooks/tekmetric/<token>, GET /readyz, /metrics)")
             for name, url in urls.items():
                 print(f"  {name + ' stand-in':<20} {url}   outbox {url}/_outbox  (JSON: {url}/_outbox.json)")
             print(f"  Database (psql)      {psql_command(database_url, embedded)}")
@@ -359,15 +455,21 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
             if choice.standins and demo and supervisor.is_ready("standins"):
                 started = time.monotonic()
                 try:
-                    order_id = create_demo_estimate(demo_shop, urls)
+                    estimates = [create_demo_estimate(demo_shop, urls),
+                                 create_tekmetric_demo_estimate(tekmetric_demo, urls)]
                 except httpx.HTTPError as exc:  # the stack runs on; only the demo is skipped
-                    say(f"could not create the demo estimate ({exc}); see {log_dir / 'standins.log'}")
+                    say(f"could not create the demo estimates ({exc}); see {log_dir / 'standins.log'}")
                 else:
-                    say(f"created demo estimate {order_id} in the ShopMonkey stand-in; it sends a signed webhook")
-                    wait_for_first_touch(urls, started, supervisor, stop)
+                    for estimate in estimates:
+                        say(f"created demo estimate {estimate.order_id} in the {estimate.crm} stand-in (shop "
+                            f"{estimate.shop.slug}); it sends a webhook")
+                    wait_for_first_touches(urls, estimates, started, supervisor, stop)
                     say(f"answer the demo email as the customer: curl -X POST {urls['sendgrid']}/_standin/inbound/reply "
                         """-H 'Content-Type: application/json' -d '{"text": "Yes, book it"}'  (then: """
-                        f"./dev cli why {DEMO_SLUG} {order_id})")
+                        f"./dev cli why {DEMO_SLUG} {estimates[0].order_id})")
+                    say(f"approve the Tekmetric demo estimate: curl -X POST {urls['tekmetric']}/_standin/orders/"
+                        f"""{estimates[1].order_id}/jobs -H 'Content-Type: application/json' -d '{{"authorized": true}}'"""
+                        f"  (then: ./dev cli why {TEKMETRIC_DEMO_SLUG} {estimates[1].order_id})")
             say("running; a process that stops is restarted; Ctrl-C stops everything")
             supervisor.run(stop)
             return 0

@@ -217,7 +217,9 @@ class Supervisor:
                     self._exited(slot, how)
                     changed = True
             elif slot.next_start is not None and time.monotonic() >= slot.next_start:
+                reported = slot.held_reported
                 if self._held(slot):
+                    changed |= not reported  # supervisor.json says "held" from now on
                     continue
                 self._launch(slot)
                 changed = True

@@ -1,9 +1,9 @@
 """Turns stored inbox events (webhook deliveries, polled orders) into leads.
 
 `process_claimed_events` is the whole ingest path, used by the Dagster ingest job:
-for each claimed event it fetches the order, customer and vehicle from ShopMonkey
-(the webhook body is only a hint), qualifies the order, upserts the lead, plans its
-sequence and sends the touches that are due now. Each event commits on its own, so one
+for each claimed event it fetches the estimate, with its customer and vehicle, through
+the shop's CRM adapter (crm.registry; the stored event is only a hint), qualifies it,
+upserts the lead, plans its sequence and sends the touches that are due now. Each event commits on its own, so one
 bad event never holds back the others.
 """
 from __future__ import annotations
@@ -18,10 +18,13 @@ import psycopg
 from lead_orchestrator.store import lead_log
 
 from lead_orchestrator.domain import retry_policy
+from lead_orchestrator.crm.base import ChangeHint, Estimate
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 from lead_orchestrator.crm.pace import pacer_for
-from lead_orchestrator.domain.qualification import closing_reason, parse_time, qualify
+from lead_orchestrator.crm.registry import hint_from_stored_body
+from lead_orchestrator.domain.qualification import qualify
 from lead_orchestrator.domain.send_window import SendWindow
+from lead_orchestrator.store.inbox import ESTIMATES, stored_hint
 from lead_orchestrator.store.shops import Shop, load_shop
 from lead_orchestrator.services.touches import cancel_pending, due_touch_ids, plan_sequence, send_touches
 from lead_orchestrator.services.shop_clients import MissingCredentials
@@ -96,29 +99,31 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
                              "FROM inbox_events e WHERE e.id = %s", (event_id,)).fetchone()
         shop = load_shop(conn, tenant_id)
     result = EventResult(tenant_id, shop.slug, event_id, event["source"], "ignored")
-    if event["table_name"] != "order":
+    if event["table_name"] != ESTIMATES:
         return _done(db, result, "ignored", f"table {event['table_name']} is not used")
+    hint = event_hint(event)
     if event["crm_health"] == "unauthorized":
         # The shop's key was refused moments ago: wait for it to be fixed rather than
         # spend a request (and a log line) per event on a key we know is bad.
-        return _after_failure(db, result, event, shop, retry_policy.UNAUTHORIZED,
+        return _after_failure(db, result, event, hint, shop, retry_policy.UNAUTHORIZED,
                               CrmUnauthorized("the shop's CRM credentials were refused; waiting for new ones"), now)
 
     try:
-        order, customer, vehicle = _fetch(vendors, db, shop, event)
+        adapter = vendors.crm_adapter(shop, pacer=pacer_for(db, shop))
+        estimate = adapter.fetch_estimate(hint.estimate_id, hint=hint)
     except (CrmUnauthorized, MissingCredentials) as exc:
         _mark_shop_unauthorized(db, tenant_id, str(exc), now())
-        return _after_failure(db, result, event, shop, retry_policy.UNAUTHORIZED, exc, now)
+        return _after_failure(db, result, event, hint, shop, retry_policy.UNAUTHORIZED, exc, now)
     except CrmRateLimited as exc:
-        return _after_failure(db, result, event, shop, retry_policy.RATE_LIMITED, exc, now)
-    except (CrmUnavailable, CrmNotFound) as exc:  # not found: the order may not be visible yet
-        return _after_failure(db, result, event, shop, retry_policy.UNAVAILABLE, exc, now)
+        return _after_failure(db, result, event, hint, shop, retry_policy.RATE_LIMITED, exc, now)
+    except (CrmUnavailable, CrmNotFound) as exc:  # not found: the estimate may not be visible yet
+        return _after_failure(db, result, event, hint, shop, retry_policy.UNAVAILABLE, exc, now)
     except CrmError as exc:
-        return _after_failure(db, result, event, shop, retry_policy.UNEXPECTED, exc, now)
+        return _after_failure(db, result, event, hint, shop, retry_policy.UNEXPECTED, exc, now)
 
     due: list[int] = []
     with db.tenant_tx(tenant_id) as conn:
-        lead = _upsert_lead(conn, shop, event, order, customer, vehicle, now(), result)
+        lead = _upsert_lead(conn, shop, event, estimate, now(), result)
         if lead is not None and lead["status"] == "active":
             due = due_touch_ids(conn, now(), lead_id=lead["id"])
         if not due:
@@ -131,12 +136,18 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     return result
 
 
-def _after_failure(db, result: EventResult, event: dict, shop: Shop, kind: str, exc: Exception, now) -> EventResult:
+def event_hint(event: dict) -> ChangeHint:
+    """What the stored event says changed: the neutral hint it holds, or its CRM's
+    reading of the raw body the receiver stored."""
+    return stored_hint(event["payload"]) or hint_from_stored_body(
+        event["crm"], event["payload"], estimate_id=event["object_id"], operation=event["operation"])
+
+
+def _after_failure(db, result: EventResult, event: dict, hint: ChangeHint, shop: Shop, kind: str, exc: Exception,
+                   now) -> EventResult:
     """Applies the retry policy to a failed fetch: back to the queue, parked or dead."""
     at = now()
-    hint = event["payload"].get("data") or {}
-    deadline = retry_policy.lead_deadline(parse_time(hint.get("createdDate")), event["received_at"],
-                                          shop.max_lead_age_days)
+    deadline = retry_policy.lead_deadline(hint.created_at, event["received_at"], shop.max_lead_age_days)
     decision = retry_policy.after_failure(kind, str(exc), attempts=event["attempts"],
                                           unexpected_errors=event["unexpected_errors"], now=at,
                                           deadline=deadline, retry_after=getattr(exc, "retry_after", None))
@@ -181,76 +192,43 @@ def _mark_shop_unauthorized(db, tenant_id: int, error: str, now: dt.datetime) ->
         )
 
 
-def _fetch(vendors, db, shop: Shop, event: dict):
-    client = vendors.shopmonkey(shop, pacer=pacer_for(db, shop))
-    hint = event["payload"].get("data") or {}
-    try:
-        order = client.get_order(event["object_id"])
-    except CrmNotFound:
-        if event["operation"] != "DELETE":
-            raise
-        order = {**hint, "deleted": True}
-    if event["operation"] == "DELETE":
-        order = {**order, "deleted": True}
-    if order.get("deleted") or closing_reason(order):
-        return order, None, None  # no need to look further: the lead (if any) just ends
-    customer = client.get_customer(order["customerId"]) if order.get("customerId") else None
-    vehicle = None
-    # The order from the API already names the vehicle (generatedVehicleName); fetching
-    # the vehicle as well would spend one more call per lead of a rate-limited API.
-    if order.get("vehicleId") and not order.get("generatedVehicleName"):
-        try:
-            vehicle = client.get_vehicle(order["vehicleId"])
-        except CrmNotFound:
-            vehicle = None  # the generated vehicle name on the order is enough
-    return order, customer, vehicle
-
-
-def _vehicle_name(order: dict, vehicle: dict | None) -> str | None:
-    if vehicle:
-        name = " ".join(str(p) for p in (vehicle.get("year"), vehicle.get("make"), vehicle.get("model")) if p)
-        if name:
-            return name
-    return order.get("generatedVehicleName")
-
-
-def _upsert_lead(conn, shop: Shop, event, order, customer, vehicle, now, result: EventResult):
-    # Two events of one order (a webhook and a poll sighting) may be processed by two runs
-    # at once: apply them one after the other, so the second sees the lead the first made.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, current_tenant_id()))", (order["id"],))
-    lead = conn.execute("SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (order["id"],)).fetchone()
-    reason = closing_reason(order)
+def _upsert_lead(conn, shop: Shop, event, estimate: Estimate, now, result: EventResult):
+    # Two events of one estimate (a webhook and a poll sighting) may be processed by two
+    # runs at once: apply them one after the other, so the second sees the lead the first made.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, current_tenant_id()))", (estimate.id,))
+    lead = conn.execute("SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (estimate.id,)).fetchone()
+    reason = estimate.closing_reason
     if lead is not None:
         result.lead_id = lead["id"]
         conn.execute("UPDATE leads SET order_updated_at = %s, total_cents = coalesce(%s, total_cents), "
-                     "updated_at = now() WHERE id = %s",
-                     (parse_time(order.get("updatedDate")), order.get("totalCostCents"), lead["id"]))
+                     "updated_at = now() WHERE id = %s", (estimate.updated_at, estimate.total_cents, lead["id"]))
         if reason and lead["status"] == "active":
             return _close(conn, lead, reason, result)
         if lead["status"] != "disqualified" or reason:
             result.outcome = "updated"
             return lead
         # A disqualified estimate may qualify now (e.g. a mobile number was added).
-    q = qualify(order, customer, now=now, max_age_days=shop.max_lead_age_days)
-    first_seen = event["received_at"]
+    q = qualify(estimate, now=now, max_age_days=shop.max_lead_age_days)
+    customer, vehicle = estimate.customer, estimate.vehicle
     values = {
-        "order_id": order["id"], "order_number": order.get("number"),
-        "customer_id": order.get("customerId"), "vehicle_id": order.get("vehicleId"),
-        "first_name": (customer or {}).get("firstName"), "last_name": (customer or {}).get("lastName"),
-        "vehicle_name": _vehicle_name(order, vehicle), "total_cents": order.get("totalCostCents"),
+        "order_id": estimate.id, "order_number": estimate.number or None,
+        "customer_id": estimate.customer_id, "vehicle_id": estimate.vehicle_id,
+        "first_name": customer.first_name if customer else None,
+        "last_name": customer.last_name if customer else None,
+        "vehicle_name": (vehicle.display_name if vehicle else None) or None, "total_cents": estimate.total_cents,
         "phone": q.reach.phone, "email": q.reach.email,
         "status": "active" if q.qualified else "disqualified",
         "reason": None if q.qualified else q.reason, "source": event["source"],
-        "created": parse_time(order.get("createdDate")), "updated": parse_time(order.get("updatedDate")),
-        "first_seen": first_seen,
+        "created": estimate.created_at, "updated": estimate.updated_at,
+        "first_seen": event["received_at"], "crm": estimate.crm,
     }
     lead = conn.execute(
         """INSERT INTO leads (tenant_id, order_id, order_number, customer_id, vehicle_id, first_name, last_name,
                               vehicle_name, total_cents, phone_e164, email, status, status_reason, source,
-                              order_created_at, order_updated_at, first_seen_at)
+                              order_created_at, order_updated_at, first_seen_at, crm)
            VALUES (current_tenant_id(), %(order_id)s, %(order_number)s, %(customer_id)s, %(vehicle_id)s,
                    %(first_name)s, %(last_name)s, %(vehicle_name)s, %(total_cents)s, %(phone)s, %(email)s,
-                   %(status)s, %(reason)s, %(source)s, %(created)s, %(updated)s, %(first_seen)s)
+                   %(status)s, %(reason)s, %(source)s, %(created)s, %(updated)s, %(first_seen)s, %(crm)s)
            ON CONFLICT (tenant_id, order_id) DO UPDATE SET
                first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
                vehicle_name = EXCLUDED.vehicle_name, phone_e164 = EXCLUDED.phone_e164, email = EXCLUDED.email,
@@ -263,11 +241,11 @@ def _upsert_lead(conn, shop: Shop, event, order, customer, vehicle, now, result:
     result.lead_id = lead["id"]
     if not q.qualified:
         result.outcome = "disqualified"
-        lead_log.record(conn, lead["id"], "disqualified", order_id=order["id"], reason=q.reason,
+        lead_log.record(conn, lead["id"], "disqualified", order_id=estimate.id, reason=q.reason,
                         notes=list(q.reach.notes))
         return lead
     result.outcome = "new_lead"
-    lead_log.record(conn, lead["id"], "qualified", order_id=order["id"], source=event["source"],
+    lead_log.record(conn, lead["id"], "qualified", order_id=estimate.id, source=event["source"],
                     channels=list(q.reach.channels), notes=list(q.reach.notes))
     plan_sequence(conn, shop, lead, SendWindow.for_shop(shop))
     return lead

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -48,7 +47,6 @@ from typing import Callable, Iterator
 
 import httpx
 
-from lead_orchestrator.crm.base import Estimate, utc_iso
 from lead_orchestrator.crm.errors import CrmError, CrmRateLimited, CrmUnauthorized
 from lead_orchestrator.crm.http import tls_context
 from lead_orchestrator.crm.pace import pacer_for
@@ -236,55 +234,27 @@ class Changes:
 
 def scan_changes(crm, since: dt.datetime, *, deadline: float,
                  deletions_since: dt.datetime | None = None) -> Changes:
-    """The poll's one call to a shop's CRM: what changed since `since`.
-
-    `crm` is a CrmAdapter (crm/base.py): `changes_since(since, deadline=)` → ChangeScan.
-    An adapter whose deletions need their own query (`deletions_separate`) is given
-    `deletions_since` (None: not this time). Until ShopMonkey's adapter joins the port,
-    its client is scanned here directly.
-    """
-    if not hasattr(crm, "changes_since"):
-        return _scan_shopmonkey_client(crm, since, deadline)
+    """The poll's one call to a shop's CRM: what changed since `since`, through the port
+    (`CrmAdapter.changes_since`, crm/base.py). An adapter whose deletions need their own
+    query (`deletions_separate`) is given `deletions_since` (None: not this time)."""
     separate = getattr(crm, "deletions_separate", False)
     try:
         scan = (crm.changes_since(since, deadline=deadline, deletions_since=deletions_since) if separate
                 else crm.changes_since(since, deadline=deadline))
     except CrmError as exc:
-        return Changes(error=exc)
-    return Changes([estimate_event(e) for e in scan.estimates], len(scan.estimates) + len(scan.malformed),
-                   len(scan.estimates), scan.read_below, scan.error, scan.requests,
+        return Changes(error=exc, requests=exc.requests or 0)
+    kept = len(scan.estimates)
+    return Changes([NewEvent.from_estimate(e, source="poll") for e in scan.estimates],
+                   scan.received if scan.received is not None else kept + len(scan.malformed), kept,
+                   scan.read_below, scan.error, scan.requests,
                    deletions_read=separate and deletions_since is not None and scan.error is None)
 
 
-def estimate_event(estimate: Estimate) -> NewEvent:
-    """A polled estimate as an inbox hint: the CRM's neutral identity and version. Ingest
-    fetches the estimate again before deciding anything."""
-    stamp = utc_iso(estimate.updated_at)
-    operation = "DELETE" if estimate.deleted_at is not None else "UPDATE"
-    payload = {"crm": estimate.crm, "estimate_id": estimate.id, "updated_at": stamp,
-               "status": estimate.status.value, "dedup_key": estimate.dedup_key}
-    return NewEvent("poll", operation, f"{estimate.crm}_estimate", estimate.id, stamp,
-                    json.dumps(payload, separators=(",", ":")))
-
-
-def _scan_shopmonkey_client(client, since: dt.datetime, deadline: float) -> Changes:
-    try:
-        scan = client.scan_orders_updated_since(since, deadline=deadline)
-    except CrmError as exc:
-        return Changes(error=exc, requests=client.requests_made)
-    events = []
-    for row in scan.rows:
-        operation = "DELETE" if row.get("deleted") else "UPDATE"
-        payload = {"apiVersion": "3", "operation": operation, "table": "order", "data": row}
-        events.append(NewEvent.from_row(source="poll", operation=operation, table="order", data=row, payload=payload))
-    return Changes(events, scan.received, len(scan.rows), scan.read_below, scan.error, scan.requests)
-
-
-def shopmonkey_clients(vendors) -> Callable:
-    """The default way to reach a shop's CRM: its ShopMonkey client (the registry of CRM
-    adapters replaces this)."""
+def registry_adapters(vendors) -> Callable:
+    """The default way to reach a shop's CRM: its adapter from the registry, by the
+    shop's CRM (`Vendors.crm_adapter`)."""
     def crm_for(shop: Shop, *, http, pacer):
-        return vendors.shopmonkey(shop, http=http, pacer=pacer)
+        return vendors.crm_adapter(shop, http=http, pacer=pacer)
     return crm_for
 
 
@@ -324,8 +294,8 @@ def poll_cycle(db, vendors, *, http: HttpClients | httpx.Client | None = None, n
     and polls each once.
 
     `http` is the poller's connections (new_http_client), kept across ticks by the
-    caller; without them, connections live for this tick only. `crm_for(shop, http=, pacer=)` gives a shop's CRM
-    adapter (default: its ShopMonkey client).
+    caller; without them, connections live for this tick only. `crm_for(shop, http=,
+    pacer=)` gives a shop's CRM adapter (default: the registry's, by the shop's CRM).
     """
     started = time.monotonic()
     now = now or utcnow()
@@ -335,7 +305,7 @@ def poll_cycle(db, vendors, *, http: HttpClients | httpx.Client | None = None, n
     http = http or new_http_client(config)
     if isinstance(http, httpx.Client):
         http = _OneClient(http)
-    tick = _Tick(db, crm_for or shopmonkey_clients(vendors), http, now, started, config, claimer)
+    tick = _Tick(db, crm_for or registry_adapters(vendors), http, now, started, config, claimer)
     try:
         with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="poll") as pool:
             if tenant_ids is not None:

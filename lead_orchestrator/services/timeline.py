@@ -131,7 +131,7 @@ _REACH_NOTES = {
     "no_phone": "no phone number on file", "no_opt_in": "no SMS opt-in", "invalid_number": "invalid number",
     "prefers_email": "the customer prefers email", "no_email": "no email address on file",
     "unsubscribed": "not subscribed to email", "invalid_address": "invalid email address",
-    "prefers_sms": "the customer prefers SMS",
+    "prefers_sms": "the customer prefers SMS", "no_primary": "several on file, none marked primary",
 }
 
 
@@ -254,7 +254,7 @@ def describe_inbox_event(event: dict, shop, tz: ZoneInfo, order_id: str, *, now:
     since = shop_time(event["status_changed_at"], tz)
     if status == "parked":
         return (f"{seen}: parked since {since}: {error}; released when the key is updated "
-                f"(`./dev cli shops update {shop.slug} --shopmonkey-api-key …`) or the poll sees it work again")
+                f"({shop.credentials_fix()}) or the poll sees it work again")
     if status == "dead":
         return (f"{seen}: dead since {since}: {error}; replay with `./dev cli replay {shop.slug} --order "
                 f"{order_id}` (a new sighting by the poll also revives it)")

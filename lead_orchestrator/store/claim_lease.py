@@ -21,6 +21,7 @@ import threading
 
 import psycopg
 
+from lead_orchestrator.settings import connection_name
 from lead_orchestrator.store.db import APP_ROLE
 
 LEASE_LOST = "LO001"  # raised by claim_inbox_events for a lease nobody holds
@@ -57,7 +58,7 @@ class ClaimLease:
             self._drop()
 
     def _take(self) -> None:
-        conn = psycopg.connect(self._url, autocommit=True, application_name="claim-lease", connect_timeout=5,
+        conn = psycopg.connect(self._url, autocommit=True, application_name=connection_name("claim-lease"), connect_timeout=5,
                                **_KEEPALIVE)
         try:
             conn.execute(f"SET ROLE {APP_ROLE}")

@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from lead_orchestrator import redaction
+from lead_orchestrator.settings import connection_name
 
 log = logging.getLogger(__name__)
 # psycopg_pool warns at every failed connection attempt and every dead connection it
@@ -159,7 +160,7 @@ class Availability:
         while not self._closed:
             try:
                 with psycopg.connect(self._url, connect_timeout=self.PROBE_CONNECT_TIMEOUT_S,
-                                     application_name="availability-probe") as conn:
+                                     application_name=connection_name("availability-probe")) as conn:
                     conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 with self._lock:
@@ -188,7 +189,7 @@ class Database:
             self.url,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"row_factory": dict_row, "application_name": name},
+            kwargs={"row_factory": dict_row, "application_name": connection_name(name)},
             configure=_act_as_app_role,
             open=False,
             name=name,  # the pool's own log lines say whose pool it is

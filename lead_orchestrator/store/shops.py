@@ -10,12 +10,19 @@ email), else it is refused, saying what is missing.
 Secret fields are pydantic SecretStr so that they print as '**********' in logs,
 exceptions, reprs and CLI output. In the table they are Fernet ciphertext
 (lead_orchestrator.store.secret_box): every writer here encrypts, every reader decrypts.
+
+A shop runs one CRM (`Shop.crm`), and its CRM credentials have that CRM's shape
+(`Shop.credentials`): `ShopMonkeyCredentials` (API key, webhook secret) or
+`TekmetricCredentials` (the Tekmetric shop id, the digest of the webhook URL token, and
+the deployment's partner app). Each CRM's are stored in a table of their own
+(sql/0017_crm_credentials.sql); `shop.shopmonkey_api_key` and `shop.webhook_secret` still
+read a ShopMonkey shop's.
 """
 from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
@@ -24,13 +31,25 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from lead_orchestrator.store.inbox import release_after_new_credentials
 from lead_orchestrator.store.secret_box import SecretBox, default_box
 
+CRMS = ("shopmonkey", "tekmetric")
+Crm = Literal["shopmonkey", "tekmetric"]
+# The secrets a shop holds, as Shop attributes (whatever table keeps them).
 SECRET_FIELDS = ("shopmonkey_api_key", "webhook_secret", "twilio_auth_token", "sendgrid_api_key")
+# Columns of `tenants` (the CRM's credentials are in their own tables: CRM_FIELDS).
+TENANT_SECRET_COLUMNS = ("twilio_auth_token", "sendgrid_api_key")
 EDITABLE_FIELDS = (
-    "name", "time_zone", "active", "shop_phone", "postal_address", "shopmonkey_api_key",
-    "webhook_secret", "twilio_account_sid", "twilio_auth_token", "twilio_sender",
+    "name", "time_zone", "active", "shop_phone", "postal_address",
+    "twilio_account_sid", "twilio_auth_token", "twilio_sender",
     "sendgrid_api_key", "sendgrid_sender", "send_window_start", "send_window_end",
     "max_lead_age_days", "settings", "sendgrid_event_public_key",
 )
+# ShopChanges field -> (the CRM it belongs to, its column in that CRM's credentials table).
+CRM_FIELDS = {
+    "shopmonkey_api_key": ("shopmonkey", "api_key"),
+    "webhook_secret": ("shopmonkey", "webhook_secret"),
+    "tekmetric_shop_id": ("tekmetric", "shop_id"),
+}
+CRM_SECRET_COLUMNS = {"shopmonkey": ("api_key", "webhook_secret"), "tekmetric": ()}
 
 
 # What a shop needs to send through each channel (touches.py: email also needs the
@@ -49,6 +68,41 @@ class ShopCannotSend(ValueError):
     """An active shop without a complete SMS or email configuration."""
 
 
+class ShopWrongCrm(ValueError):
+    """Credentials that are not the shop's CRM's, or a CRM's required credential missing."""
+
+
+class ShopMonkeyCredentials(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    crm: Literal["shopmonkey"] = "shopmonkey"
+    api_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = None  # verifies ShopMonkey's signed webhooks
+
+
+class TekmetricApp(BaseModel):
+    """The deployment's Tekmetric partner app (`crm_apps`): one client id and secret read
+    every connected shop (docs/tekmetric.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    client_id: str
+    client_secret: SecretStr
+
+
+class TekmetricCredentials(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    crm: Literal["tekmetric"] = "tekmetric"
+    shop_id: int | None = None  # the shop's id in Tekmetric (what the partner app's token scopes)
+    # SHA-256 (hex) of the shop's webhook URL token; the token itself is never stored.
+    webhook_token_sha256: str | None = Field(default=None, repr=False)
+    app: TekmetricApp | None = None  # None until `crm-app set tekmetric` has run
+
+
+CrmCredentials = ShopMonkeyCredentials | TekmetricCredentials
+
+
 class Shop(BaseModel):
     """One shop's configuration as the application sees it."""
 
@@ -57,12 +111,12 @@ class Shop(BaseModel):
     id: int
     slug: str
     name: str
+    crm: Crm = "shopmonkey"
+    credentials: CrmCredentials = Field(default_factory=ShopMonkeyCredentials, discriminator="crm")
     time_zone: str = "America/Chicago"
     active: bool = True
     shop_phone: str | None = None
     postal_address: str | None = None
-    shopmonkey_api_key: SecretStr | None = None
-    webhook_secret: SecretStr | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_sender: str | None = None
@@ -74,9 +128,30 @@ class Shop(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     sendgrid_event_public_key: str | None = None  # verifies SendGrid's signed Event Webhook
 
+    @model_validator(mode="after")
+    def _credentials_of_its_crm(self) -> "Shop":
+        if self.credentials.crm != self.crm:
+            raise ValueError(f"a {self.crm} shop cannot hold {self.credentials.crm} credentials")
+        return self
+
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.time_zone)
+
+    def credentials_fix(self) -> str:
+        """How an operator replaces what the shop's CRM refused or lacks (for `why`, `status`)."""
+        if self.crm == "tekmetric":
+            return (f"`./dev cli crm-app set tekmetric --client-id … --client-secret …` (the partner app), or "
+                    f"`./dev cli shops update {self.slug} --tekmetric-shop-id …`")
+        return f"`./dev cli shops update {self.slug} --shopmonkey-api-key …`"
+
+    @property
+    def shopmonkey_api_key(self) -> SecretStr | None:
+        return self.credentials.api_key if isinstance(self.credentials, ShopMonkeyCredentials) else None
+
+    @property
+    def webhook_secret(self) -> SecretStr | None:
+        return self.credentials.webhook_secret if isinstance(self.credentials, ShopMonkeyCredentials) else None
 
 
 class ShopChanges(BaseModel):
@@ -86,12 +161,14 @@ class ShopChanges(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     name: str | None = None
+    crm: Crm | None = None
     time_zone: str | None = None
     active: bool | None = None
     shop_phone: str | None = None
     postal_address: str | None = None
     shopmonkey_api_key: SecretStr | None = None
     webhook_secret: SecretStr | None = None
+    tekmetric_shop_id: int | None = Field(default=None, gt=0)
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_sender: str | None = None
@@ -172,6 +249,21 @@ class ShopChanges(BaseModel):
         """The fields given, secrets still wrapped in SecretStr."""
         return {name: value for name in type(self).model_fields if (value := getattr(self, name)) is not None}
 
+    def check_crm(self, current: Shop | None = None) -> Crm:
+        """The CRM the shop will run; refuses (ShopWrongCrm) credentials of another CRM, and
+        a Tekmetric shop without its Tekmetric shop id."""
+        crm = self.crm or (current.crm if current is not None else "shopmonkey")
+        given = self.present()
+        foreign = [name for name in given if name in CRM_FIELDS and CRM_FIELDS[name][0] != crm]
+        if foreign:
+            options = ", ".join("--" + name.replace("_", "-") for name in foreign)
+            raise ShopWrongCrm(f"{options} {'is' if len(foreign) == 1 else 'are'} not for a {crm} shop")
+        if crm == "tekmetric" and "tekmetric_shop_id" not in given and (
+                current is None or current.crm != "tekmetric" or current.credentials.shop_id is None):
+            raise ShopWrongCrm("a Tekmetric shop needs its Tekmetric shop id (--tekmetric-shop-id; Tekmetric "
+                               "shows it under Shop Settings, and the partner app's token lists it in its scope)")
+        return crm
+
     def check_can_send(self, current: Shop | None = None) -> None:
         """Refuses (ShopCannotSend) a shop that would be active yet unable to send
         anything: creating one (`current` None), or a change of an existing shop that
@@ -219,12 +311,24 @@ def _is_set(value: Any) -> bool:
     return bool(value and str(value).strip())
 
 
-_COLUMNS = ", ".join(("id", "slug") + EDITABLE_FIELDS)
+# A shop with its CRM's credentials, and its CRM's partner app (through the definer
+# function: the application may not read crm_apps itself). One round trip.
+_SELECT = ("SELECT " + ", ".join(f"t.{c}" for c in ("id", "slug", "crm") + EDITABLE_FIELDS) + """,
+       sm.api_key AS sm_api_key, sm.webhook_secret AS sm_webhook_secret,
+       tk.shop_id AS tm_shop_id, tk.webhook_token_sha256 AS tm_webhook_token_sha256,
+       app.client_id AS app_client_id, app.client_secret AS app_client_secret
+  FROM tenants t
+  LEFT JOIN shopmonkey_credentials sm ON sm.tenant_id = t.id
+  LEFT JOIN tekmetric_credentials tk ON tk.tenant_id = t.id
+  LEFT JOIN LATERAL crm_app_credentials(t.crm) app ON t.crm <> 'shopmonkey'""")
+_CREDENTIAL_KEYS = ("sm_api_key", "sm_webhook_secret", "tm_shop_id", "tm_webhook_token_sha256",
+                    "app_client_id", "app_client_secret")
+CREDENTIALS_TABLES = {"shopmonkey": "shopmonkey_credentials", "tekmetric": "tekmetric_credentials"}
 
 
-def _encrypted(values: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+def _encrypted(values: dict[str, Any], box: SecretBox, secrets: tuple[str, ...]) -> dict[str, Any]:
     out = dict(values)
-    for name in SECRET_FIELDS:
+    for name in secrets:
         if name in out:
             value = out[name]
             out[name] = box.encrypt(value.get_secret_value() if isinstance(value, SecretStr) else value)
@@ -232,23 +336,43 @@ def _encrypted(values: dict[str, Any], box: SecretBox) -> dict[str, Any]:
 
 
 def shop_from_row(row: dict[str, Any], box: SecretBox | None = None) -> Shop:
-    """A Shop from a `tenants` row, its secrets decrypted."""
+    """A Shop from a `_SELECT` row, its secrets decrypted."""
     box = box or default_box()
-    values = dict(row)
-    for name in SECRET_FIELDS:
+    values = {k: v for k, v in row.items() if k not in _CREDENTIAL_KEYS}
+    slug = row.get("slug")
+    for name in TENANT_SECRET_COLUMNS:
         if name in values:
-            values[name] = box.decrypt(values[name], what=f"shop {row.get('slug')!r} {name}")
+            values[name] = box.decrypt(values[name], what=f"shop {slug!r} {name}")
+    if row["crm"] == "tekmetric":
+        app = None
+        if row.get("app_client_id"):
+            app = TekmetricApp(client_id=row["app_client_id"], client_secret=box.decrypt(
+                row["app_client_secret"], what="the Tekmetric partner app's client secret"))
+        values["credentials"] = TekmetricCredentials(shop_id=row.get("tm_shop_id"), app=app,
+                                                     webhook_token_sha256=row.get("tm_webhook_token_sha256"))
+    else:
+        values["credentials"] = ShopMonkeyCredentials(
+            api_key=box.decrypt(row.get("sm_api_key"), what=f"shop {slug!r} shopmonkey_api_key"),
+            webhook_secret=box.decrypt(row.get("sm_webhook_secret"), what=f"shop {slug!r} webhook_secret"))
     return Shop(**values)
 
 
 def load_shop(conn: psycopg.Connection, tenant_id: int, box: SecretBox | None = None) -> Shop | None:
-    """Reads the current tenant's shop (RLS hides every other one)."""
-    row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE id = %s", (tenant_id,)).fetchone()
+    """Reads the shop (in a tenant transaction, RLS hides every other one)."""
+    row = conn.execute(f"{_SELECT} WHERE t.id = %s", (tenant_id,)).fetchone()
     return shop_from_row(row, box) if row else None
 
 
 def tenant_id_for_slug(conn: psycopg.Connection, slug: str) -> int | None:
     row = conn.execute("SELECT tenant_id_for_slug(%s) AS id", (slug,)).fetchone()
+    return row["id"] if row else None
+
+
+def tenant_id_for_tekmetric_token(conn: psycopg.Connection, token: str) -> int | None:
+    """The active Tekmetric shop whose webhook URL carries `token` (found by its digest)."""
+    from lead_orchestrator.crm.tekmetric.webhooks import token_sha256
+
+    row = conn.execute("SELECT tenant_id_for_tekmetric_token(%s) AS id", (token_sha256(token),)).fetchone()
     return row["id"] if row else None
 
 
@@ -258,43 +382,81 @@ def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopCha
                 box: SecretBox | None = None) -> Shop:
     box = box or default_box()
     changes.check_can_send()
-    values = _encrypted({"slug": slug, **changes.present(), "name": name}, box)
+    crm = changes.check_crm()
+    given = {k: v for k, v in changes.present().items() if k not in CRM_FIELDS}
+    values = _encrypted({"slug": slug, **given, "name": name, "crm": crm}, box, TENANT_SECRET_COLUMNS)
     cols = ", ".join(values)
     marks = ", ".join(f"%({c})s" for c in values)
-    row = conn.execute(
-        f"INSERT INTO tenants ({cols}) VALUES ({marks}) RETURNING {_COLUMNS}", _adapt(values)
-    ).fetchone()
-    return shop_from_row(row, box)
+    with conn.transaction():
+        row = conn.execute(f"INSERT INTO tenants ({cols}) VALUES ({marks}) RETURNING id", _adapt(values)).fetchone()
+        _write_credentials(conn, row["id"], crm, changes, box)
+        return load_shop(conn, row["id"], box)
 
 
 def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
                 box: SecretBox | None = None) -> Shop | None:
     box = box or default_box()
-    values = _encrypted(changes.present(), box)
-    if not values:
-        return get_shop(conn, slug, box)
     current = get_shop(conn, slug, box)
-    if current is None:
-        return None
+    if current is None or not changes.present():
+        return current
     changes.check_can_send(current)
-    sets = ", ".join(f"{c} = %({c})s" for c in values)
+    crm = changes.check_crm(current)
+    given = {k: v for k, v in changes.present().items() if k not in CRM_FIELDS and k != "crm"}
+    values = _encrypted(given, box, TENANT_SECRET_COLUMNS)
     with conn.transaction():
-        row = conn.execute(
-            f"UPDATE tenants SET {sets}, updated_at = now() WHERE slug = %(slug)s RETURNING {_COLUMNS}",
-            _adapt({**values, "slug": slug}),
-        ).fetchone()
-        if row and "shopmonkey_api_key" in values:
-            release_after_new_credentials(conn, row["id"])
-    return shop_from_row(row, box) if row else None
+        if crm != current.crm:
+            # Another CRM: the old one's credentials go (its table's rows must name a shop of
+            # that CRM), then the shop switches.
+            conn.execute(f"DELETE FROM {CREDENTIALS_TABLES[current.crm]} WHERE tenant_id = %s", (current.id,))
+            values["crm"] = crm
+        sets = "".join(f"{c} = %({c})s, " for c in values)
+        conn.execute(f"UPDATE tenants SET {sets}updated_at = now() WHERE id = %(id)s",
+                     _adapt({**values, "id": current.id}))
+        if _write_credentials(conn, current.id, crm, changes, box) or crm != current.crm:
+            release_after_new_credentials(conn, current.id)
+        return load_shop(conn, current.id, box)
+
+
+def _write_credentials(conn: psycopg.Connection, tenant_id: int, crm: str, changes: ShopChanges,
+                       box: SecretBox) -> bool:
+    """Stores the CRM credentials `changes` gives (the others stay); True if any was given."""
+    given = {CRM_FIELDS[k][1]: v for k, v in changes.present().items() if k in CRM_FIELDS}
+    if not given:
+        return False
+    values = _encrypted(given, box, CRM_SECRET_COLUMNS[crm])
+    cols = ", ".join(values)
+    conn.execute(
+        f"INSERT INTO {CREDENTIALS_TABLES[crm]} (tenant_id, {cols}) "
+        f"VALUES (%(tenant_id)s, {', '.join(f'%({c})s' for c in values)}) "
+        f"ON CONFLICT (tenant_id) DO UPDATE SET "
+        + "".join(f"{c} = EXCLUDED.{c}, " for c in values) + "updated_at = now()",
+        {**values, "tenant_id": tenant_id})
+    return True
+
+
+def new_tekmetric_webhook_token(conn: psycopg.Connection, slug: str) -> str:
+    """Gives the Tekmetric shop a new webhook URL token and returns it: the only time it
+    is seen (only its digest is stored). The previous URL stops working at once."""
+    from lead_orchestrator.crm.tekmetric.webhooks import new_webhook_token, token_sha256
+
+    shop = get_shop(conn, slug)
+    if shop is None:
+        raise LookupError(f"no shop named {slug!r}")
+    if shop.crm != "tekmetric":
+        raise ShopWrongCrm(f"shop {slug!r} runs {shop.crm}: only Tekmetric shops have a webhook URL token")
+    token = new_webhook_token()
+    conn.execute("UPDATE tekmetric_credentials SET webhook_token_sha256 = %s, updated_at = now() "
+                 "WHERE tenant_id = %s", (token_sha256(token), shop.id))
+    return token
 
 
 def get_shop(conn: psycopg.Connection, slug: str, box: SecretBox | None = None) -> Shop | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM tenants WHERE slug = %s", (slug,)).fetchone()
+    row = conn.execute(f"{_SELECT} WHERE t.slug = %s", (slug,)).fetchone()
     return shop_from_row(row, box) if row else None
 
 
 def list_shops(conn: psycopg.Connection, box: SecretBox | None = None) -> list[Shop]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM tenants ORDER BY slug").fetchall()
+    rows = conn.execute(f"{_SELECT} ORDER BY t.slug").fetchall()
     return [shop_from_row(r, box) for r in rows]
 
 

@@ -22,7 +22,7 @@ ASSET_PATH = "/docs/assets"
 
 router = APIRouter(include_in_schema=False)
 
-ABOUT = ("Lead Orchestrator's webhook receiver. It stores what ShopMonkey, Twilio and SendGrid send "
+ABOUT = ("Lead Orchestrator's webhook receiver. It stores what ShopMonkey, Tekmetric, Twilio and SendGrid send "
          "(new estimates, delivery reports, replies, opt-outs) before answering; the lead's text and email "
          "go out from there within seconds.")
 LINKS = {"docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/healthz",

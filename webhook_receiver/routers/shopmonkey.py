@@ -10,24 +10,21 @@ is still fully described in the OpenAPI document by the FastAPI route of the sam
 """
 from __future__ import annotations
 
-import logging
 import re
 
-import psycopg
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from lead_orchestrator.store.db import is_connection_error
 from lead_orchestrator.store.inbox import NewEvent
 from webhook_receiver import metrics
-from webhook_receiver.deps import database_unavailable, read_limited_body, require_content_type, shop_for
+from webhook_receiver.deps import read_limited_body, require_content_type, shop_for
 from webhook_receiver.errors import ApiError
 from webhook_receiver.models import Accepted, ErrorBody, ShopMonkeyWebhook, inline_schema
 from webhook_receiver.payloads import PayloadError, parse_json_object
 from webhook_receiver.signatures import BadSignature, verify_standard_webhook
+from webhook_receiver.stored_answer import store_and_answer
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/webhooks/shopmonkey", tags=["shopmonkey"])
 
 # Stored in a unique index: bounded, so no header can exceed what an index row holds.
@@ -93,23 +90,7 @@ async def handle_shopmonkey_webhook(request: Request) -> JSONResponse:
     hook = parse_webhook(text)
     event = NewEvent(source="webhook", operation=hook.operation, table=hook.table, object_id=hook.data.id,
                      updated_date=hook.data.updatedDate, payload_json=text, webhook_id=webhook_id)
-    try:
-        event_id = await request.app.state.inbox_writer.store(shop.id, event)
-    except psycopg.DataError as exc:
-        # The payload itself cannot be stored (checked before, so this should not happen).
-        raise ApiError(422, "invalid_payload", f"the payload cannot be stored: {exc.diag.message_primary}") from None
-    except psycopg.Error as exc:
-        # Whatever else went wrong, the event is not stored: 503 makes ShopMonkey send it again.
-        # The database being down is logged once, when it goes (lead_orchestrator.store.db.Availability).
-        if not is_connection_error(exc):
-            log.exception("could not store a ShopMonkey webhook for shop %s", shop.slug)
-        _COUNT["unavailable"].inc()
-        raise database_unavailable() from None
-    if event_id is None:
-        _COUNT["duplicate"].inc()
-        return JSONResponse({"status": "duplicate", "event_id": None}, status_code=200)
-    _COUNT["accepted"].inc()
-    return JSONResponse({"status": "accepted", "event_id": event_id}, status_code=202)
+    return await store_and_answer(request, shop, event, _COUNT, "ShopMonkey")
 
 
 @router.post("/{tenant}", status_code=202, response_model=Accepted, responses={200: {"model": Accepted}, **_ERRORS},

@@ -16,7 +16,8 @@ from tenacity.stop import stop_base
 
 from lead_orchestrator.crm.http import http_client
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
-from lead_orchestrator.domain.qualification import parse_time
+# The one reading of a CRM's date-time text (also what the inbox keys and the mapping use).
+from lead_orchestrator.domain.estimates import parse_stamp as parse_time
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 PAGE_SIZE = 100  # the API's cap; asking for more silently returns 100
@@ -123,14 +124,14 @@ class ShopMonkeyClient:
         self.close()
 
     # --- single objects -------------------------------------------------------
-    def get_order(self, order_id: str) -> dict[str, Any]:
-        return self._get(f"/v3/order/{order_id}")["data"]
+    def get_order(self, order_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        return self._get(f"/v3/order/{order_id}", deadline=deadline)["data"]
 
-    def get_customer(self, customer_id: str) -> dict[str, Any]:
-        return self._get(f"/v3/customer/{customer_id}")["data"]
+    def get_customer(self, customer_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        return self._get(f"/v3/customer/{customer_id}", deadline=deadline)["data"]
 
-    def get_vehicle(self, vehicle_id: str) -> dict[str, Any]:
-        return self._get(f"/v3/vehicle/{vehicle_id}")["data"]
+    def get_vehicle(self, vehicle_id: str, *, deadline: float | None = None) -> dict[str, Any]:
+        return self._get(f"/v3/vehicle/{vehicle_id}", deadline=deadline)["data"]
 
     # --- lists ------------------------------------------------------------------
     def orders_updated_since(self, since: dt.datetime) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ from lead_orchestrator.crm.tekmetric.budget import PollPlan, plan_poll, safe_per
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.tekmetric.mapping import CRM
-from lead_orchestrator.crm.tekmetric.webhooks import new_webhook_token, token_matches
+from lead_orchestrator.crm.tekmetric.webhooks import new_webhook_token, token_matches, token_sha256
 
 __all__ = ["CRM", "PollPlan", "SlidingWindowLimiter", "TekmetricAdapter", "TekmetricClient", "app_budget",
-           "new_webhook_token", "partner_app_client", "plan_poll", "safe_per_minute", "shops_served", "token_matches"]
+           "new_webhook_token", "partner_app_client", "plan_poll", "safe_per_minute", "shops_served", "token_matches",
+           "token_sha256"]

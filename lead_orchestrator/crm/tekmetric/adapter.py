@@ -1,7 +1,8 @@
 """One Tekmetric shop behind the CRM port (`lead_orchestrator.crm.base.CrmAdapter`).
 
 The partner app's client (token, budget hold-back) is shared by all of the app's shops;
-an adapter adds the shop id and the shop's webhook URL token.
+an adapter adds the shop id and the digest of the shop's webhook URL token. Without a
+client (`client=None`) an adapter only reads webhooks: what the receiver needs.
 """
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ class TekmetricAdapter:
     # than the change query, from where it last ran (`deletions_since`; budget.py).
     deletions_separate = True
 
-    def __init__(self, client: TekmetricClient, shop_id: str | int, webhook_token: str | None = None) -> None:
+    def __init__(self, client: TekmetricClient | None, shop_id: str | int,
+                 webhook_token_sha256: str | None = None) -> None:
         if str(shop_id).strip() in ("", "0"):
             raise ValueError("a Tekmetric shop id is required")
         self.client = client
         self.shop_id = str(shop_id)
-        self._webhook_token = webhook_token
+        self._webhook_token_sha256 = webhook_token_sha256
 
-    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None) -> Estimate:
+    def fetch_estimate(self, estimate_id: str, *, deadline: float | None = None,
+                       hint: ChangeHint | None = None) -> Estimate:
+        self._need_client()
         order = self.client.get(f"/repair-orders/{_path_id(estimate_id)}", deadline=deadline)
         estimate = parse_repair_order(order)
         if estimate.shop_ref != self.shop_id:
@@ -48,6 +52,10 @@ class TekmetricAdapter:
         customer = self._optional(f"/customers/{estimate.customer_id}", parse_customer, estimate.customer_id, deadline)
         vehicle = self._optional(f"/vehicles/{estimate.vehicle_id}", parse_vehicle, estimate.vehicle_id, deadline)
         return dataclasses.replace(estimate, customer=customer, vehicle=vehicle)
+
+    def _need_client(self) -> None:
+        if self.client is None:
+            raise CrmError("this Tekmetric adapter reads webhooks only: it was built without a client")
 
     def _optional(self, path: str, parse: Callable, ref: str | None, deadline: float | None):
         if ref is None:
@@ -61,7 +69,7 @@ class TekmetricAdapter:
     def shared_budget(self) -> AppBudget | None:
         """The partner app's request budget when it is shared by every process (the poll
         plans each shop's cadence inside it); None with a limiter of this process only."""
-        limiter = self.client.limiter
+        limiter = getattr(self.client, "limiter", None)  # a webhook reader has no client
         return limiter if isinstance(limiter, AppBudget) else None
 
     def changes_since(self, since: dt.datetime, *, deadline: float | None = None,
@@ -74,6 +82,7 @@ class TekmetricAdapter:
         order behind it moved forward one place and one may have been skipped): the next
         scan reads the same window again. `deletions_since`: where the deletion query
         starts (default `since`); None leaves it out."""
+        self._need_client()
         before = self.client.requests_sent_by_this_thread()
         found: dict[tuple[str, dt.datetime], Estimate] = {}
         malformed: list[str] = []
@@ -118,7 +127,7 @@ class TekmetricAdapter:
         return all(later >= totals[0] for later in totals[1:])
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str], *, url_token: str | None) -> ChangeHint | None:
-        if not token_matches(url_token, self._webhook_token):
+        if not token_matches(url_token, self._webhook_token_sha256):
             raise InvalidWebhook("Tekmetric webhook: wrong or missing URL token", 401)
         return parse_webhook(body, shop_id=self.shop_id)
 

@@ -2,13 +2,15 @@
 
 Partners found no signature header on Tekmetric's webhooks, so what authenticates a
 delivery is an unguessable token in the URL registered for the shop
-(`...?token=<token>`): compared in constant time, never logged. The body is only a hint
+(`/webhooks/tekmetric/<token>`). Only the token's SHA-256 is stored; a presented token is
+hashed and compared with it in constant time, and never logged. The body is only a hint
 (`{"event": "Repair Order #1234 created", "data": {<repair order>}}`, sometimes
 `data.repairOrder`); the estimate is fetched again before anything is decided, and
 `data.shopId` (sometimes 0) is not trusted for anything.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import re
@@ -30,11 +32,17 @@ def new_webhook_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def token_matches(presented: str | None, expected: str | None) -> bool:
-    """True only for a non-empty token equal to the shop's, compared in constant time."""
-    if not presented or not expected:
+def token_sha256(token: str) -> str:
+    """What is stored to check a token: its SHA-256, in hex. A 256-bit random token needs
+    no salt or slow hash: there is nothing to guess from its digest."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(presented: str | None, expected_sha256: str | None) -> bool:
+    """True only for a non-empty token whose digest is the shop's, compared in constant time."""
+    if not presented or not expected_sha256:
         return False
-    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+    return hmac.compare_digest(token_sha256(presented).encode("ascii"), expected_sha256.encode("ascii"))
 
 
 def parse_webhook(body: bytes, *, shop_id: str) -> ChangeHint | None:
