@@ -47,7 +47,7 @@ def adapters(client, shops: dict[int, int]):
 
 def events(database, tenant_id: int) -> list[dict]:
     with database.tenant_tx(tenant_id) as conn:
-        return conn.execute("SELECT operation, table_name, object_id, dedup_key, payload FROM inbox_events "
+        return conn.execute("SELECT crm, operation, table_name, object_id, dedup_key, payload FROM inbox_events "
                             "WHERE source = 'poll' ORDER BY id").fetchall()
 
 
@@ -74,8 +74,10 @@ def test_tekmetric_shops_are_polled_through_the_port_and_deletions_on_their_own_
         assert first[b].requests == 2 and first[b].deletions_checked
         stored = {(e["operation"], e["object_id"]) for e in events(database, a)}
         assert stored == {("UPDATE", str(kept["id"])), ("DELETE", str(gone["id"]))}
-        assert {e["table_name"] for e in events(database, a)} == {"tekmetric_estimate"}
-        assert all(e["dedup_key"].startswith(f"tekmetric_estimate:{e['object_id']}:") for e in events(database, a))
+        # Stored as the port's hints, under the keys the shop's webhooks would have.
+        assert {e["crm"] for e in events(database, a)} == {"tekmetric"}
+        assert all(e["dedup_key"].startswith(f"tekmetric:{e['table_name']}:{e['object_id']}:")
+                   for e in events(database, a))
         row = state(database, a)
         assert row["budget_app"] == app_key("tekmetric", APP) and row["cadence_s"] == 30
         assert row["deletions_checked_at"] == t0 and row["busy"]
@@ -195,3 +197,30 @@ def test_a_limiter_refusal_moves_the_shop_to_a_later_slot_not_a_failure(poll_db,
         assert row["health"] == "ok" and row["consecutive_errors"] == 0 and row["wait_reason"] == "rate_limited"
         assert now < row["next_poll_at"] <= now + dt.timedelta(seconds=32)
     assert "rate limited (moved to a later slot)" in cycle.summary()
+
+
+def test_the_registry_builds_the_apps_client_on_the_shared_budget_when_vendors_has_the_database(
+        db, vendors, standins, connected_shop, admin):
+    """The default path: a Tekmetric shop as `shops add --crm tekmetric` makes it, reached
+    through the registry, with the process's Vendors carrying the database."""
+    import dataclasses
+
+    from lead_orchestrator.crm.app_budget import AppBudget
+    from tests.tekmetric_support import APP_CLIENT_ID
+
+    shop = connected_shop(crm="tekmetric")
+    with_db = dataclasses.replace(vendors, db=db, _cache={})
+    try:
+        assert isinstance(with_db.tekmetric(shop).limiter, AppBudget)
+        now = dt.datetime.now(UTC)
+        (first,) = poll_cycle(db, with_db, now=now, tenant_ids=[shop.id]).shops
+        (second,) = poll_cycle(db, with_db, now=first.next_poll_at, tenant_ids=[shop.id]).shops
+    finally:
+        with_db.close()
+    assert (first.outcome, second.outcome) == ("ok", "ok")
+    row = admin.execute("SELECT budget_app, cadence_s FROM poll_state WHERE tenant_id = %s", (shop.id,)).fetchone()
+    assert row == {"budget_app": app_key("tekmetric", APP_CLIENT_ID), "cadence_s": 30}
+    # Planned: the deletion query on the first poll, not again on the next.
+    assert first.deletions_checked and not second.deletions_checked and second.requests == 1
+    # Without the database, the app's client counts this process alone, as before.
+    assert not isinstance(vendors.tekmetric(shop).limiter, AppBudget)
