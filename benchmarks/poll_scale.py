@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import io
 import multiprocessing as mp
 import os
 import statistics
@@ -78,7 +77,7 @@ def _standin_child(keys: list[str], latency_ms: float, port_queue, stop_event) -
 # --- shops, fast ------------------------------------------------------------------------
 
 def _seed_shops(url: str, count: int) -> list[str]:
-    """`count` active shops, each with its own ShopMonkey key, written with one COPY
+    """`count` active ShopMonkey shops, each with its own API key, written with two COPYs
     (create_shop one by one takes minutes at 20,000). Secrets are encrypted as the
     application writes them."""
     from lead_orchestrator.store.secret_box import default_box
@@ -86,14 +85,15 @@ def _seed_shops(url: str, count: int) -> list[str]:
     box = default_box()
     sendgrid = box.encrypt("SG.bench-key-0123456789abcdef")
     keys = [f"bench-{i:05d}-{os.urandom(4).hex()}" for i in range(count)]
-    rows = io.StringIO()
-    for i, key in enumerate(keys):
-        rows.write(f"bench-{i:05d}\tBench shop {i}\t{box.encrypt(key)}\t{sendgrid}\tservice@bench.example\t"
-                   f"1 Bench St, Austin, TX 78701\n")
+    tenants = "".join(f"bench-{i:05d}\tBench shop {i}\t{sendgrid}\tservice@bench.example\t"
+                      f"1 Bench St, Austin, TX 78701\n" for i in range(count))
     with psycopg.connect(url, autocommit=True) as conn:
-        with conn.cursor().copy("COPY tenants (slug, name, shopmonkey_api_key, sendgrid_api_key, sendgrid_sender, "
-                                "postal_address) FROM STDIN") as copy:
-            copy.write(rows.getvalue())
+        with conn.cursor().copy("COPY tenants (slug, name, sendgrid_api_key, sendgrid_sender, postal_address) "
+                                "FROM STDIN") as copy:
+            copy.write(tenants)
+        ids = dict(conn.execute("SELECT slug, id FROM tenants").fetchall())
+        with conn.cursor().copy("COPY shopmonkey_credentials (tenant_id, api_key) FROM STDIN") as copy:
+            copy.write("".join(f"{ids[f'bench-{i:05d}']}\t{box.encrypt(key)}\n" for i, key in enumerate(keys)))
         # Connected yesterday: the first poll's window is a day long, as for a real shop.
         conn.execute("UPDATE tenants SET created_at = now() - interval '1 day'")
     return keys
