@@ -547,8 +547,7 @@ def _deletions_window(state, since: dt.datetime, now: dt.datetime, cadence_s: in
     checked = state["deletions_checked_at"]
     if checked is None:
         return since
-    every = plan.deleted_every if plan is not None else 1
-    if checked + dt.timedelta(seconds=(every - 0.5) * cadence_s) > now:
+    if plan is not None and checked + dt.timedelta(seconds=(plan.deleted_every - 0.5) * cadence_s) > now:
         return None
     return min(since, checked - overlap)
 
