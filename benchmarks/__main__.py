@@ -11,6 +11,8 @@ BENCHMARKS = {
     "receiver": ("benchmarks.receiver_throughput", "webhooks acknowledged per second vs bare and naive"),
     "idle": ("benchmarks.idle_cost", "CPU and memory of the whole stack with 100 shops and no traffic"),
     "poll": ("benchmarks.poll_cycle", "one backup-poll cycle over 200 shops with nothing new"),
+    "poll-scale": ("benchmarks.poll_scale", "the poll over 5,000 and 20,000 idle shops: cycle, requests, CPU"),
+    "tekmetric-poll": ("benchmarks.tekmetric_poll", "1,000 Tekmetric shops inside one partner app's 600/min budget"),
     "dispatchers": ("benchmarks.dispatcher_rate", "leads/s with one and two dispatchers in the production layout"),
     "health": ("benchmarks.health_cost", "health checks, leads history flush and daily report over 200 shops"),
 }

@@ -80,6 +80,18 @@ def signed_order_webhook(secret: str, order_id: str | None = None) -> tuple[dict
     return headers, body.encode()
 
 
+def process_cpu(process, *, reaped_children: bool = False) -> float:
+    """CPU seconds (user + system) of a psutil.Process, 0 once it is gone; with
+    `reaped_children`, also of its children that exited (added to it once reaped)."""
+    import psutil
+
+    try:
+        t = process.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system + ((t.children_user + t.children_system) if reaped_children else 0.0)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

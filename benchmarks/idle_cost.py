@@ -11,19 +11,12 @@ import time
 
 import psutil
 
-from benchmarks.common import machine, say
+from benchmarks.common import machine, process_cpu, say
 from benchmarks.stack_harness import Stack
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    return sum(process_cpu(p) for p in procs)
 
 
 def main(argv: list[str] | None = None) -> int:

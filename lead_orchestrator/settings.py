@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     # ("stopped" e.g. in test sessions, which start it explicitly).
     poll_sensor_default_status: Literal["running", "stopped"] = Field(default="running",
                                                                      alias="POLL_SENSOR_DEFAULT_STATUS")
+    # The backup poll at scale (docs/poll.md): how many partitions share the shops (one
+    # sensor each, a shop in exactly one), and per poller how many shops are in flight
+    # (= connections to the CRM) and how many database connections it may hold.
+    poll_shards: int = Field(default=1, ge=1, le=64, alias="POLL_SHARDS")
+    poll_concurrency: int = Field(default=64, ge=1, le=256, alias="POLL_CONCURRENCY")
+    poll_db_connections: int = Field(default=8, ge=1, le=64, alias="POLL_DB_CONNECTIONS")
     # Signs unsubscribe links. Unset: a random key is kept in DATA_DIR/app_secret_key.
     app_secret_key: SecretStr | None = Field(default=None, alias="APP_SECRET_KEY")
     # Encrypts the shops' secrets at rest: Fernet keys, comma-separated, newest first.

@@ -14,13 +14,13 @@ from orchestrator_dagster.reports import daily_reports_job, daily_reports_schedu
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.retention import retention_job, retention_schedule
 from orchestrator_dagster.schedules import touchpoints_schedule
-from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
+from orchestrator_dagster.sensors import inbox_sensor, poll_sensors
 
 defs = Definitions(
     assets=[leads, lead_report],
     asset_checks=[leads_health_checks],
     jobs=[ingest_job, touchpoints_job, replay_job, daily_reports_job, retention_job],
-    sensors=[inbox_sensor, poll_sensor, health_checks_sensor, check_alert_sensor, run_failure_alert_sensor],
+    sensors=[inbox_sensor, *poll_sensors, health_checks_sensor, check_alert_sensor, run_failure_alert_sensor],
     schedules=[touchpoints_schedule, daily_reports_schedule, retention_schedule],
     resources={
         "database": DatabaseResource(database_url=EnvVar("DATABASE_URL")),

@@ -8,12 +8,15 @@ or stalled), or than BUSY_GRACE while it is working through a burst. Run keys ar
 so a tick that sees the same backlog twice requests nothing new.
 """
 
+import dataclasses
 import datetime as dt
 import functools
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
-from lead_orchestrator.services.poll import new_http_client, poll_cycle
+from lead_orchestrator.services.poll import PollConfig, Shard, new_http_client, poll_cycle
+from lead_orchestrator.services.shop_clients import Vendors
+from lead_orchestrator.store.db import Database
 from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.jobs import ingest_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
@@ -52,28 +55,66 @@ def inbox_sensor(context: SensorEvaluationContext, database: DatabaseResource):
 
 
 # --- the backup poll ---------------------------------------------------------------
-# A sensor, not a schedule: Dagster cron has minute resolution and the poll runs every
-# 30 s. It polls inside the tick instead of launching a run: a run per cycle would be a
-# fresh process every 30 s (seconds of start-up on 2 cores, 2,880 runs a day in the run
-# list) to make one HTTP request per shop. What it finds goes to the inbox, and
-# inbox_sensor requests one ingest run for all of it: zero runs per cycle when nothing
-# changed, one when something did, however many shops there are. Operators see
-# each tick's summary (shops polled, new events, unauthorized/failing shops) in the
-# sensor's tick history, and stop or start it there. More in docs/poll.md.
+# A sensor, not a schedule: Dagster cron has minute resolution. Each shop has a slot in
+# the 30-second cycle (services/poll.py); the sensor ticks every 5 seconds (the daemon's
+# own pace) and polls the shops whose slot has come, so the cycle's requests are spread
+# over it instead of bursting at its start. It polls inside the tick instead of
+# launching a run: a run per tick would be a fresh process every few seconds to make a
+# few HTTP requests. What it finds goes to the inbox, and inbox_sensor requests one
+# ingest run for all of it: zero runs when nothing changed, one when something did,
+# however many shops there are. With POLL_SHARDS=N there are N poll sensors
+# (poll_sensor_shard_0 … N-1), each polling the shops whose tenant id modulo N is its
+# index; the claims in PostgreSQL keep two of them (or two code servers) off the same
+# shop. Operators see each tick's summary in the sensor's tick history, and stop or
+# start it there. More in docs/poll.md.
+POLL_TICK_SECONDS = 5
 
 
 @functools.cache
-def _poll_http():
+def _poll_http(concurrency: int):
     # Kept for the life of the code server, so connections are reused across ticks.
-    return new_http_client()
+    return new_http_client(PollConfig(concurrency=concurrency))
 
 
-@sensor(minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus(get_settings().poll_sensor_default_status.upper()),
-        description="Backup poll every 30 s: lists each shop's changed ShopMonkey orders into the inbox "
-                    "(inbox_sensor then requests the ingest run).")
-def poll_sensor(context: SensorEvaluationContext, database: DatabaseResource, vendors: VendorsResource):
-    cycle = poll_cycle(database.database(), vendors.vendors(), http=_poll_http())
-    for shop in cycle.with_outcome("unauthorized") + cycle.with_outcome("failing") + cycle.with_outcome("error"):
-        context.log.warning(f"shop {shop.slug or shop.tenant_id}: {shop.outcome}: {shop.error}")
-    return SkipReason(cycle.summary())
+@functools.cache
+def _poll_database(url: str, connections: int) -> Database:
+    # The poll's own pool: its workers must not queue behind the other sensors' connections.
+    return Database(url, min_size=1, max_size=connections, name="poll").open()
+
+
+_poll_vendors_cache: dict[tuple, Vendors] = {}
+
+
+def _poll_vendors(resource: VendorsResource, db: Database) -> Vendors:
+    """One Vendors per configuration for the life of the code server, with the poll's
+    database: its clients (a Tekmetric app's token, its budget shared through the
+    database) outlive a tick."""
+    fresh = resource.vendors()
+    key = (fresh.shopmonkey_base_url, fresh.twilio_base_url, fresh.sendgrid_base_url, fresh.tekmetric_base_url,
+           fresh.public_base_url, fresh.secret_key, fresh.inbound_parse_domain, id(db))
+    return _poll_vendors_cache.setdefault(key, dataclasses.replace(fresh, db=db))
+
+
+def _poll_sensor(shard: Shard):
+    settings = get_settings()
+    name = "poll_sensor" if shard.count == 1 else f"poll_sensor_shard_{shard.index}"
+    where = "every shop" if shard.count == 1 else f"the shops whose tenant id modulo {shard.count} is {shard.index}"
+
+    @sensor(name=name, minimum_interval_seconds=POLL_TICK_SECONDS,
+            default_status=DefaultSensorStatus(settings.poll_sensor_default_status.upper()),
+            description=f"Backup poll of {where}: each shop every 30 s at its own slot, changed CRM "
+                        "orders into the inbox (inbox_sensor then requests the ingest run).")
+    def _poll(context: SensorEvaluationContext, database: DatabaseResource, vendors: VendorsResource):
+        config = PollConfig(concurrency=settings.poll_concurrency)
+        db = _poll_database(database.database_url, settings.poll_db_connections)
+        cycle = poll_cycle(db, _poll_vendors(vendors, db), http=_poll_http(config.concurrency), config=config,
+                           shard=shard)
+        for shop in cycle.with_outcome("unauthorized") + cycle.with_outcome("failing") + cycle.with_outcome("error"):
+            context.log.warning(f"shop {shop.slug or shop.tenant_id}: {shop.outcome}: {shop.error}")
+        return SkipReason(cycle.summary())
+
+    return _poll
+
+
+poll_sensors = [_poll_sensor(Shard(i, get_settings().poll_shards)) for i in range(get_settings().poll_shards)]
+poll_sensor = poll_sensors[0]

@@ -408,11 +408,15 @@ def test_the_watermark_stops_at_what_was_read_when_a_later_page_fails(db, vendor
     retire_events(admin, shop)
 
 
-def test_cycle_polls_only_due_shops_least_recently_polled_first(db, vendors, standins, connected_shop, make_shop):
+def test_cycle_polls_only_due_shops_never_polled_first_then_each_at_its_slot(db, vendors, standins, connected_shop,
+                                                                             make_shop):
     a, b = connected_shop(), connected_shop()
     now = dt.datetime.now(UTC)
-    poll_cycle(db, vendors, tenant_ids=[b.id], now=now)
-    due = due_tenant_ids(db, now)
+    (polled,) = poll_cycle(db, vendors, tenant_ids=[b.id], now=now).shops
+    # b waits for its next slot, within one cadence; a has never been polled: due at once.
+    assert now < polled.next_poll_at <= now + dt.timedelta(seconds=30)
+    assert a.id in due_tenant_ids(db, now) and b.id not in due_tenant_ids(db, now)
+    due = due_tenant_ids(db, polled.next_poll_at)
     assert a.id in due and b.id in due
     assert due.index(a.id) < due.index(b.id)  # never polled comes first
     inactive = make_shop(active=False)

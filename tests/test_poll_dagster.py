@@ -27,10 +27,13 @@ def _tick(defs, name: str, instance: DagsterInstance):
     return defs.resolve_sensor_def(name)(context)
 
 
-def test_poll_sensor_cadence_is_30_seconds_and_it_launches_no_run_of_its_own():
+def test_poll_sensor_ticks_every_5_seconds_for_30_second_slots_and_launches_no_run_of_its_own():
+    from lead_orchestrator.services.poll import PollConfig
+
     defs = _definitions()
     sensor = defs.resolve_sensor_def("poll_sensor")
-    assert sensor.minimum_interval_seconds == 30
+    # Each tick polls the shops whose slot has come; each shop's slot comes every 30 s.
+    assert sensor.minimum_interval_seconds == 5 and PollConfig().cadence_s == 30
     assert not sensor.targets  # it feeds the inbox; inbox_sensor requests the (single) ingest run
 
 

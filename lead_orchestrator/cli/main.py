@@ -84,7 +84,7 @@ def dispatcher(workers: int) -> None:
         click.echo(f"dispatcher: {workers} workers, at most {pool_size} pooled database connections, "
                    "waiting for inbox events")
         try:
-            Dispatcher(db, vendors_from_settings(settings), workers=workers, reporter=reporter).run(stop)
+            Dispatcher(db, vendors_from_settings(settings, db), workers=workers, reporter=reporter).run(stop)
         finally:
             db.close()
 
@@ -328,3 +328,7 @@ main.add_command(_replies)
 from lead_orchestrator.cli.crm_apps import crm_app as _crm_app  # noqa: E402  (Tekmetric's partner app)
 
 main.add_command(_crm_app)
+
+from lead_orchestrator.cli.poll import poll as _poll  # noqa: E402  (the backup poll as a process: docs/poll.md)
+
+main.add_command(_poll)

@@ -80,25 +80,53 @@ class CrmPacer:
         """Blocks until this caller's slot (at most `max_wait_s`), or raises CrmRateLimited."""
         while True:
             with self.db.tenant_tx(self.tenant_id) as conn:
-                row = conn.execute(_RESERVE, {"base": self.base_interval_ms, "max_wait": self.max_wait_s,
-                                              "slow": RECOVERY_AFTER_429, "fast": RECOVERY,
-                                              "quiet": QUIET_AFTER_429_S}).fetchone()
-            if not row["granted"]:
-                raise CrmRateLimited("paced: this shop's CRM budget is spent for now",
-                                     retry_after=row["until_next_s"])
-            if row["wait_s"] <= 0:
+                row = self._reserve(conn)
+            if self._take(row, sleep):
                 return
-            sleep(row["wait_s"])
-            with self.db.tenant_tx(self.tenant_id) as conn:
-                hit = conn.execute(_LIMITED_SINCE, {"since": row["asked_at"]}).fetchone()
-            if not hit["limited"]:
-                return
+
+    def reserved_in(self, conn) -> "ReservedPacer":
+        """Reserves the next slot inside the caller's transaction of this shop (one round
+        trip instead of a transaction of its own): the pacer to hand the shop's client,
+        whose first request takes that slot and every later one asks as usual."""
+        return ReservedPacer(self, self._reserve(conn))
+
+    def _reserve(self, conn):
+        return conn.execute(_RESERVE, {"base": self.base_interval_ms, "max_wait": self.max_wait_s,
+                                       "slow": RECOVERY_AFTER_429, "fast": RECOVERY,
+                                       "quiet": QUIET_AFTER_429_S}).fetchone()
+
+    def _take(self, row, sleep) -> bool:
+        """Waits for a reserved slot; False when a 429 came meanwhile (ask again)."""
+        if not row["granted"]:
+            raise CrmRateLimited("paced: this shop's CRM budget is spent for now",
+                                 retry_after=row["until_next_s"])
+        if row["wait_s"] <= 0:
+            return True
+        sleep(row["wait_s"])
+        with self.db.tenant_tx(self.tenant_id) as conn:
+            hit = conn.execute(_LIMITED_SINCE, {"since": row["asked_at"]}).fetchone()
+        return not hit["limited"]
 
     def rate_limited(self, retry_after: float | None) -> None:
         """The CRM answered 429: every caller for this shop slows down."""
         with self.db.tenant_tx(self.tenant_id) as conn:
             conn.execute(_LIMITED, {"after": retry_after if retry_after is not None else 1.0,
                                     "base": self.base_interval_ms, "max_ms": MAX_INTERVAL_MS})
+
+
+class ReservedPacer:
+    """A shop's pacer whose first slot is already reserved (CrmPacer.reserved_in)."""
+
+    def __init__(self, pacer: CrmPacer, row) -> None:
+        self._pacer, self._row = pacer, row
+
+    def wait_for_slot(self, sleep=time.sleep) -> None:
+        row, self._row = self._row, None
+        if row is None or not self._pacer._take(row, sleep):
+            self._pacer.wait_for_slot(sleep)
+
+    def rate_limited(self, retry_after: float | None) -> None:
+        self._pacer.rate_limited(retry_after)
 
 
 def pacer_for(db, shop) -> CrmPacer:

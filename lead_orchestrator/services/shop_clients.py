@@ -14,6 +14,7 @@ from lead_orchestrator.messaging.reply_address import reply_address
 from lead_orchestrator.crm import registry
 from lead_orchestrator.crm.base import CrmAdapter
 from lead_orchestrator.crm.shopmonkey.client import ShopMonkeyClient
+from lead_orchestrator.crm.tekmetric.app import partner_app_client
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.settings import TEKMETRIC_REAL_URL
 from lead_orchestrator.store.shops import Shop, TekmetricCredentials
@@ -33,6 +34,10 @@ class Vendors:
     inbound_parse_domain: str | None = None  # INBOUND_PARSE_DOMAIN; None: emails carry no reply address
     send_timeout: float | None = None  # seconds per Twilio/SendGrid call (None: the SDK clients' default)
     tekmetric_base_url: str = TEKMETRIC_REAL_URL
+    # The database, when the process has one: a Tekmetric partner app's request budget is
+    # then shared with every other process through it (crm/app_budget.py), not counted
+    # for this process alone.
+    db: object | None = field(default=None, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -59,8 +64,11 @@ class Vendors:
             raise MissingCredentials("no Tekmetric partner app is configured for this deployment "
                                      "(`lead-orchestrator crm-app set tekmetric --client-id … --client-secret …`)")
         secret = app.client_secret.get_secret_value()
-        return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret),
-                            lambda: TekmetricClient(self.tekmetric_base_url, app.client_id, secret))
+        if self.db is None:
+            return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret),
+                                lambda: TekmetricClient(self.tekmetric_base_url, app.client_id, secret))
+        return self._cached(("tm", self.tekmetric_base_url, app.client_id, secret, "shared"),
+                            lambda: partner_app_client(self.db, self.tekmetric_base_url, app.client_id, secret))
 
     def crm_adapter(self, shop: Shop, *, pacer=None, http=None) -> CrmAdapter:
         """The shop's CRM behind the port (crm.registry picks it by the shop's CRM);
@@ -134,8 +142,10 @@ def read_unsubscribe_token(secret_key: str, token: str) -> tuple[int, str] | Non
     return int(tenant_id), str(email)
 
 
-def vendors_from_settings(settings) -> Vendors:
+def vendors_from_settings(settings, db=None) -> Vendors:
+    """`db`: the process's database, through which a Tekmetric app's budget is shared."""
     return Vendors(
+        db=db,
         shopmonkey_base_url=settings.shopmonkey_base_url,
         twilio_base_url=settings.twilio_api_base_url,
         sendgrid_base_url=settings.sendgrid_api_base_url,

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 from typing import Callable, Mapping
 
+from lead_orchestrator.crm.app_budget import AppBudget
 from lead_orchestrator.crm.base import ChangeHint, ChangeScan, Estimate, InvalidWebhook, utc_iso
 from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 from lead_orchestrator.crm.tekmetric.mapping import CRM, parse_customer, parse_repair_order, parse_vehicle
@@ -21,8 +22,15 @@ from lead_orchestrator.crm.errors import CrmError, CrmNotFound
 LIST_ORDER = {"sort": "createdDate", "sortDirection": "ASC"}
 
 
+# `changes_since(deletions_since=...)` left out: the deletion query starts where the change query does.
+SAME_WINDOW = object()
+
+
 class TekmetricAdapter:
     crm = CRM
+    # Deletions need a query of their own (the trap, below): a poll may run it less often
+    # than the change query, from where it last ran (`deletions_since`; budget.py).
+    deletions_separate = True
 
     def __init__(self, client: TekmetricClient | None, shop_id: str | int,
                  webhook_token_sha256: str | None = None) -> None:
@@ -57,14 +65,23 @@ class TekmetricAdapter:
         except CrmNotFound:
             return None  # removed since: the estimate is still answered for what it has
 
-    def changes_since(self, since: dt.datetime, *, deadline: float | None = None) -> ChangeScan:
+    @property
+    def shared_budget(self) -> AppBudget | None:
+        """The partner app's request budget when it is shared by every process (the poll
+        plans each shop's cadence inside it); None with a limiter of this process only."""
+        limiter = getattr(self.client, "limiter", None)  # a webhook reader has no client
+        return limiter if isinstance(limiter, AppBudget) else None
+
+    def changes_since(self, since: dt.datetime, *, deadline: float | None = None,
+                      deletions_since: dt.datetime | None | object = SAME_WINDOW) -> ChangeScan:
         """Two queries, because of Tekmetric's trap: `updatedDateStart` combined with
         `deletedDateStart` returns *only* deleted orders, so deletions are asked for on
         their own. The next watermark (`read_below`) is the newest `updatedDate` the first
         query returned; the deletions never move it. It is withheld (None) when a query
         failed, and when the list shrank while it was paged (an order left it, so every
         order behind it moved forward one place and one may have been skipped): the next
-        scan reads the same window again."""
+        scan reads the same window again. `deletions_since`: where the deletion query
+        starts (default `since`); None leaves it out."""
         self._need_client()
         before = self.client.requests_sent_by_this_thread()
         found: dict[tuple[str, dt.datetime], Estimate] = {}
@@ -76,7 +93,9 @@ class TekmetricAdapter:
             stable = self._scan({"updatedDateStart": utc_iso(since)}, since, found, malformed, deadline)
             stamps = [e.updated_at for e in found.values() if e.deleted_at is None]
             newest = max(stamps) if stamps else None
-            self._scan({"deletedDateStart": utc_iso(since)}, since, found, malformed, deadline)
+            deleted_from = since if deletions_since is SAME_WINDOW else deletions_since
+            if deleted_from is not None:
+                self._scan({"deletedDateStart": utc_iso(deleted_from)}, deleted_from, found, malformed, deadline)
         except CrmError as exc:
             if not found:
                 raise

@@ -160,7 +160,12 @@ class TekmetricClient:
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise CrmUnavailable(f"Tekmetric {path}: {type(exc).__name__}") from exc
         if response.status_code == 429:
-            raise self._limited(path, response)
+            limited = self._limited(path, response)
+            # A limiter shared by the app's processes (crm/app_budget.py) holds them all back.
+            report = getattr(self.limiter, "rate_limited", None)
+            if report is not None:
+                report(limited.retry_after)
+            raise limited
         with self._state_lock:
             self._limited_in_a_row = 0
         return response
