@@ -247,8 +247,10 @@ def _report(count: int, args, ticks: list[dict], steady_wall: float, cpu: dict, 
         "max_requests_one_shop": max(per_shop, default=0), "shops_asked": len(counts["by_key"]),
         "cpu": cpu, "wall": steady_wall,
     }
+    row["polls_per_tick_second"] = polls / max(1e-9, sum(durations))
     say(f"steady, {steady_wall:.0f}s ({cycles:.1f} cycles): {len(steady)} ticks, duration p50 {row['tick_p50']:.2f}s "
-        f"p95 {percentile(durations, 95):.2f}s max {row['tick_max']:.2f}s; poller busy {busy:.0%} of the time")
+        f"p95 {percentile(durations, 95):.2f}s max {row['tick_max']:.2f}s; poller busy {busy:.0%} of the time, "
+        f"{row['polls_per_tick_second']:.0f} polls a second while ticking")
     say(f"  {polls} polls ({throughput:.0f}/s, {row['polls_per_shop_cycle']:.2f} per shop per 30 s): "
         f"{len(polled_in_window)}/{count} shops polled in the window, "
         f"each shop's cycle {row['cycle']:.0f}s; gap between two polls of one shop min {row['gap_min']:.1f}s, "
@@ -272,14 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     say(f"machine: {machine()}, load average {os.getloadavg()[0]:.2f}")
     rows = [run_size(count, args) for count in args.shops]
     first = rows[0]
-    # Every shop polled, none waiting more than 35 s (30 s and one tick) between two
-    # polls, one request per poll and about one poll per shop per 30 s. (A poll that was
-    # late, because the ticks before it ran long, is followed by one on time: a gap
-    # shorter than 30 s, as the next one is longer; the shortest is printed, not judged.)
-    ok = (first["shops_polled"] == first["shops"] and first["gap_max"] <= CADENCE_S + TICK_S
-          and first["requests_per_poll"] <= 1.0 and first["polls_per_shop_cycle"] <= 1.05)
-    print("OK" if ok else f"FAILED at {first['shops']} shops: not every shop polled, a gap over "
-                          f"{CADENCE_S + TICK_S:.0f} s, or more than one request per idle shop per cycle")
+    # Every shop polled, every 30 s at the median and never more than 40 s apart (a poll
+    # waits up to one 5-s tick for its slot, and its place in a tick adds up to the
+    # tick's length), one request per poll and about one poll per shop per 30 s. (A late
+    # poll is followed by one on time: a gap shorter than 30 s, printed, not judged.)
+    ok = (first["shops_polled"] == first["shops"] and first["gap_p50"] <= CADENCE_S + 1
+          and first["gap_max"] <= CADENCE_S + 2 * TICK_S and first["requests_per_poll"] <= 1.0
+          and first["polls_per_shop_cycle"] <= 1.05)
+    print("OK" if ok else f"FAILED at {first['shops']} shops: not every shop polled, a median gap over "
+                          f"{CADENCE_S + 1:.0f} s or one over {CADENCE_S + 2 * TICK_S:.0f} s, or more than "
+                          "one request per idle shop per cycle")
     return 0 if ok else 1
 
 
