@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+from typing import Self
 
 import certifi
 import httpx
@@ -29,3 +30,22 @@ def tls_context() -> ssl.SSLContext:
 
 def http_client(timeout: float) -> httpx.Client:
     return httpx.Client(timeout=timeout, verify=tls_context())
+
+
+class HttpClientOwner:
+    """What every CRM client does with its connection pool: use the caller's (the poll
+    shares one across shops, and closes it) or open its own, and close only its own."""
+
+    def _use_http(self, http: httpx.Client | None, timeout: float) -> None:
+        self._http = http or http_client(timeout)
+        self._owns_http = http is None
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -14,7 +14,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
-from lead_orchestrator.crm.http import http_client
+from lead_orchestrator.crm.http import HttpClientOwner
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 # The one reading of a CRM's date-time text (also what the inbox keys and the mapping use).
 from lead_orchestrator.domain.estimates import parse_stamp as parse_time
@@ -98,30 +98,19 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-class ShopMonkeyClient:
+class ShopMonkeyClient(HttpClientOwner):
     """`pacer` (a crm_pace.CrmPacer, optional) spaces this shop's requests across every
     process and learns from its 429s; without one, a 429's Retry-After is waited out here."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 10.0,
                  max_attempts: int = 4, http: httpx.Client | None = None, pacer=None):
-        self._http = http or http_client(timeout)
-        self._owns_http = http is None
+        self._use_http(http, timeout)
         self._timeout = timeout
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._max_attempts = max_attempts
         self._pacer = pacer
         self.requests_made = 0
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> "ShopMonkeyClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- single objects -------------------------------------------------------
     def get_order(self, order_id: str, *, deadline: float | None = None) -> dict[str, Any]:

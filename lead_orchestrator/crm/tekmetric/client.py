@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from lead_orchestrator.crm.http import http_client
+from lead_orchestrator.crm.http import HttpClientOwner
 from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, safe_per_minute
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
@@ -40,7 +40,7 @@ FORM = "application/x-www-form-urlencoded;charset=UTF-8"
 Json = dict[str, Any]
 
 
-class TekmetricClient:
+class TekmetricClient(HttpClientOwner):
     def __init__(self, base_url: str, client_id: str, client_secret: str, *, timeout: float = 10.0,
                  max_attempts: int = 3, http: httpx.Client | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
@@ -55,8 +55,7 @@ class TekmetricClient:
         self.limiter = limiter
         self._base = base_url.rstrip("/")
         self._auth = (client_id, client_secret)
-        self._http = http or http_client(timeout)
-        self._owns_http = http is None
+        self._use_http(http, timeout)
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._clock, self._sleep, self._jitter = clock, sleep, jitter
@@ -70,16 +69,6 @@ class TekmetricClient:
         self._thread_counts = threading.local()  # the same, per thread: one scan's own cost
         self.tokens_acquired = 0
         self.rate_limited = 0  # 429 answers received
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> "TekmetricClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- public -------------------------------------------------------------------
     def scope(self, *, deadline: float | None = None) -> frozenset[str]:
