@@ -32,6 +32,15 @@ def http_client(timeout: float) -> httpx.Client:
     return httpx.Client(timeout=timeout, verify=tls_context())
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """A 429's or 503's Retry-After in seconds (the delta form both CRMs send), or None."""
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
 class HttpClientOwner:
     """What every CRM client does with its connection pool: use the caller's (the poll
     shares one across shops, and closes it) or open its own, and close only its own."""

@@ -14,7 +14,7 @@ import httpx
 from tenacity import RetryCallState, retry, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 
-from lead_orchestrator.crm.http import HttpClientOwner
+from lead_orchestrator.crm.http import HttpClientOwner, retry_after as _retry_after
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
 # The one reading of a CRM's date-time text (also what the inbox keys and the mapping use).
 from lead_orchestrator.domain.estimates import parse_stamp as parse_time
@@ -88,14 +88,6 @@ class _StopBefore(stop_base):
 
     def __call__(self, state: RetryCallState) -> bool:
         return time.monotonic() + (state.upcoming_sleep or 0.0) >= self.deadline
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 class ShopMonkeyClient(HttpClientOwner):

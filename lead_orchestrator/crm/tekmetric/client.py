@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from lead_orchestrator.crm.http import HttpClientOwner
+from lead_orchestrator.crm.http import HttpClientOwner, retry_after as _retry_after
 from lead_orchestrator.crm.tekmetric.budget import BUDGET_PER_MINUTE, safe_per_minute
 from lead_orchestrator.crm.tekmetric.limiter import SlidingWindowLimiter
 from lead_orchestrator.crm.errors import CrmError, CrmNotFound, CrmRateLimited, CrmUnauthorized, CrmUnavailable
@@ -223,14 +223,6 @@ class TekmetricClient(HttpClientOwner):
         with self._state_lock:
             self.tokens_acquired += 1
         return token, frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _json(response: httpx.Response) -> Json:
