@@ -195,7 +195,20 @@ def kill_a_sender_mid_send(database_url: str, secret_key: str, standins, public_
     import subprocess
     import sys
 
+    before = {m["sid"] for m in standins.twilio.messages.items()}
     proc = subprocess.run([sys.executable, "-c", KILLED_SENDER, database_url, str(shop.id), str(touch_id), channel,
                            now.isoformat(), standins.twilio_url, standins.sendgrid_url, public_url, secret_key],
                           capture_output=True, timeout=120)
     assert proc.returncode == 137, proc.stderr.decode()[-2000:]
+    if channel == "sms":
+        wait_until_twilio_sent(standins, before)
+
+
+def wait_until_twilio_sent(standins, before: set[str]) -> None:
+    """Simulated hours pass in milliseconds here: let Twilio send what it queued (its list
+    shows a message only once it has a date sent, ~50 ms later, longer under load) before
+    the engine asks about it, or the answer is "absent" at a simulated time long settled."""
+    from tests.support import wait_for
+
+    wait_for(lambda: all(m["date_sent"] for m in standins.twilio.messages.items() if m["sid"] not in before),
+             timeout=10, message="the Twilio stand-in sending what it queued")
