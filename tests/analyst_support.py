@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.support import session_box
 from lead_orchestrator.store.shops import ShopChanges, create_shop
 
 UTC = dt.timezone.utc
@@ -27,7 +28,7 @@ def add_shop(admin: psycopg.Connection, slug: str, **overrides):
         "sendgrid_sender": "service@example-shop.com", "postal_address": "100 Main St, Austin, TX 78701",
         **overrides,
     })
-    return create_shop(admin, slug, f"Shop {slug}", changes)
+    return create_shop(admin, slug, f"Shop {slug}", changes, session_box())
 
 
 def add_lead(admin, shop_id: int, *, status: str = "active", reason: str | None = None, source: str = "webhook",

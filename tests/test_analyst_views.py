@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.support import session_box
 from lead_orchestrator.store.shops import SECRET_FIELDS
 from tests.analyst_support import H, KEY_REFUSED, S, T0, build, built_database
 from tests.test_isolation import plain_owner_url  # noqa: F401 - a fresh cluster migrated by a plain user
@@ -224,7 +225,7 @@ def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(plain_owner_
     is a superuser): on a managed PostgreSQL the migrating user is a plain one."""
     from lead_orchestrator.store.migrations import apply_migrations
 
-    apply_migrations(plain_owner_url)
+    apply_migrations(plain_owner_url, session_box())
     with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:
         assert not owner.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()["rolsuper"]
         data = build(owner)
