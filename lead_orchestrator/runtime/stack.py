@@ -128,10 +128,28 @@ def psql_command(database_url: str, embedded) -> str:
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME with the project's dagster.yaml, its sensor threads raised to what
+    the configured shards need (see sensor_threads)."""
+    import yaml
+
     home = (settings.dagster_home or settings.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    text = (PROJECT_ROOT / "dagster.yaml").read_text()
+    config = yaml.safe_load(text)
+    sensors = config.setdefault("sensors", {})
+    needed = sensor_threads(settings.poll_shards)
+    if sensors.get("num_workers", 1) < needed:
+        sensors["num_workers"] = needed
+        text = (f"# sensors.num_workers raised to {needed} for POLL_SHARDS={settings.poll_shards} "
+                f"by lead-orchestrator up\n" + yaml.safe_dump(config, sort_keys=False))
+    (home / "dagster.yaml").write_text(text)
     return home
+
+
+def sensor_threads(poll_shards: int) -> int:
+    """Threads the daemon needs so that no poll shard waits for another's tick: one per
+    shard, plus one for the inbox safety net and the other sensors (docs/poll.md)."""
+    return poll_shards + 1
 
 
 def dagster_storage_url(database_url: str, embedded) -> str:
