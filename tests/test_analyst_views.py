@@ -75,10 +75,11 @@ def test_the_views_return_exactly_what_the_tables_hold(analyst, admin):
         row = rows[lead["id"]]
         assert (row["order_id"], row["order_number"], row["status"], row["status_reason"], row["source"],
                 row["order_created_at"], row["first_seen_at"], row["ended_at"], row["estimate_total_cents"],
-                row["customer_name"], row["reachable_by_sms"], row["reachable_by_email"]) == (
+                row["customer_name"], row["reachable_by_sms"], row["reachable_by_email"], row["crm"]) == (
             lead["order_id"], lead["order_number"], lead["status"], lead["status_reason"], lead["source"],
             lead["order_created_at"], lead["first_seen_at"], lead["ended_at"], lead["total_cents"],
-            f"{lead['first_name']} {lead['last_name']}", lead["phone_e164"] is not None, lead["email"] is not None)
+            f"{lead['first_name']} {lead['last_name']}", lead["phone_e164"] is not None, lead["email"] is not None,
+            lead["crm"])
 
 
 def test_messages_carry_their_delivery_outcome(analyst, analyst_db):
