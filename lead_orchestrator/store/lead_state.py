@@ -34,6 +34,13 @@ def cancel_pending(conn: psycopg.Connection, lead_id: int, reason: str, *, at: d
     return len(rows)
 
 
+def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> dict | None:
+    """The lead of the touch, locked FOR SHARE before the touch is locked (the order above),
+    as the sender reserves it. None when there is no such touch."""
+    return conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
+                        (touch_id,)).fetchone()
+
+
 def end_lead(conn: psycopg.Connection, lead_id: int, status: str, reason: str, *, at: dt.datetime | None = None,
              **detail) -> bool:
     """Ends an active lead (`stopped`, `completed`, ...) and cancels what it still owed.
