@@ -41,6 +41,12 @@ def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> dict | None:
                         (touch_id,)).fetchone()
 
 
+def share_lead_status(conn: psycopg.Connection, lead_id: int) -> str | None:
+    """The lead's status, the lead locked FOR SHARE (before its touches: the order above)."""
+    row = conn.execute("SELECT status FROM leads WHERE id = %s FOR SHARE", (lead_id,)).fetchone()
+    return row["status"] if row else None
+
+
 def end_lead(conn: psycopg.Connection, lead_id: int, status: str, reason: str, *, at: dt.datetime | None = None,
              **detail) -> bool:
     """Ends an active lead (`stopped`, `completed`, ...) and cancels what it still owed.

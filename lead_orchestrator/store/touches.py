@@ -1,21 +1,23 @@
 """The `touches` table: one row per (lead, step, channel), and the statements the touch
-engine, the send reconciler, delivery callbacks and the timeline run on it.
+engine, the send reconciler and the timeline run on it.
 
 Every function takes a connection in a tenant transaction (`db.tenant_tx`; row-level
-security applies). Rows come back as `Touch`, named and typed as the table's columns (tests/test_touch_store.py keeps
+security applies), except `tenants_with_sends_to_reconcile` (`db.system_tx`). Rows come
+back as `Touch`, named and typed as the table's columns (tests/test_touch_store.py keeps
 them in step with the schema), or as a narrower row where a statement returns less or more.
 What to do with a touch is decided by the use cases (services/touches.py,
-send_reconcile.py, delivery.py); the statements here only re-check status where a
+send_reconcile.py); the statements here only re-check status where a
 concurrent writer could have moved it.
 """
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
+
 
 @dataclass(frozen=True)
 class Touch:
@@ -48,6 +50,13 @@ class Touch:
 
 
 @dataclass(frozen=True)
+class UnknownTouch(Touch):
+    """An `unknown` touch claimed to be asked about, with the message ids other touches to
+    the same number already hold (never this one's proof)."""
+    taken_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class NewTouch:
     """A step of a lead's sequence, as planned (the row `plan_touches` inserts)."""
     step: int
@@ -57,6 +66,25 @@ class NewTouch:
     due_at: dt.datetime
     send_after: dt.datetime
     to_address: str | None
+
+
+@dataclass(frozen=True)
+class OrphanedTouch:
+    """A reservation whose sender is gone or stale, as `mark_orphans_unknown` settled it."""
+    id: int
+    lead_id: int
+    step: int
+    channel: str
+    status: str  # unknown, or sent when a status callback had named the message
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResolutionState:
+    """What deciding about an unknown touch needs of its row, read under its lock."""
+    status: str
+    replanned: bool
+    resolve_attempts: int
 
 
 def _rows(conn: psycopg.Connection, row_type: type, query: str, params: Any) -> psycopg.Cursor:
@@ -177,6 +205,119 @@ def skip_pending_sms(conn: psycopg.Connection, lead_id: int, reason: str) -> lis
         (reason, lead_id),
     ).fetchall()
     return [r["step"] for r in rows]
+
+
+# --- settling lost outcomes (send_reconcile) -----------------------------------------------
+
+def tenants_with_sends_to_reconcile(conn: psycopg.Connection, now: dt.datetime,
+                                    stale_after: dt.timedelta) -> list[int]:
+    """Every active shop with a reservation to settle or an unknown touch due to be asked
+    about (system-wide: run in `db.system_tx`)."""
+    rows = conn.execute("SELECT tenants_with_sends_to_reconcile(%s, %s) AS id", (now, stale_after)).fetchall()
+    return [r["id"] for r in rows]
+
+
+def mark_orphans_unknown(conn: psycopg.Connection, now: dt.datetime, stale_before: dt.datetime) -> list[OrphanedTouch]:
+    """`sending` touches whose sender session is gone or reserved before `stale_before`
+    become `unknown` (to be asked about at `now`), or `sent` when a status callback
+    already named the vendor's message. Rows another transaction holds are left."""
+    return _rows(
+        conn, OrphanedTouch,
+        """WITH live AS MATERIALIZED (SELECT live_sender_pids() AS pid),
+           orphans AS (
+               SELECT id, CASE WHEN reserved_by IS NOT NULL AND reserved_by NOT IN (SELECT pid FROM live)
+                               THEN 'sender_gone' ELSE 'no_outcome_recorded' END AS why
+                 FROM touches
+                WHERE status = 'sending'
+                  AND (reserved_at < %(stale)s
+                       OR (reserved_by IS NOT NULL AND reserved_by NOT IN (SELECT pid FROM live)))
+                FOR UPDATE SKIP LOCKED)
+           UPDATE touches t
+              SET status = CASE WHEN t.provider_message_id IS NULL THEN 'unknown' ELSE 'sent' END,
+                  reason = CASE WHEN t.provider_message_id IS NULL THEN o.why ELSE 'confirmed_by_provider' END,
+                  sent_at = CASE WHEN t.provider_message_id IS NULL THEN t.sent_at
+                                 ELSE coalesce(t.sent_at, t.reserved_at) END,
+                  resolve_after = CASE WHEN t.provider_message_id IS NULL THEN %(now)s END,
+                  updated_at = now()
+             FROM orphans o WHERE t.id = o.id
+         RETURNING t.id, t.lead_id, t.step, t.channel, t.status, t.reason""",
+        {"stale": stale_before, "now": now},
+    ).fetchall()
+
+
+def claim_unknown(conn: psycopg.Connection, now: dt.datetime, *, lease_until: dt.datetime,
+                  batch: int) -> list[UnknownTouch]:
+    """Up to `batch` unknown touches due to be asked about by `now`, leased until
+    `lease_until` (other reconcilers skip them) and counted as one more attempt."""
+    claimed = _rows(
+        conn, Touch,
+        """UPDATE touches SET resolve_after = %(lease)s, resolve_attempts = resolve_attempts + 1, updated_at = now()
+            WHERE id IN (SELECT id FROM touches
+                          WHERE status = 'unknown' AND resolve_after IS NOT NULL AND resolve_after <= %(now)s
+                          ORDER BY resolve_after LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+        RETURNING *""",
+        {"lease": lease_until, "now": now, "batch": batch},
+    ).fetchall()
+    sms = [t.to_address for t in claimed if t.channel == "sms"]
+    taken: dict[str, set[tuple[int, str]]] = {}
+    if sms:  # message ids already known to belong to other touches: never this one's proof
+        for r in conn.execute("""SELECT id, to_address, provider_message_id FROM touches
+                                  WHERE channel = 'sms' AND to_address = ANY(%s) AND provider_message_id IS NOT NULL""",
+                              (sms,)).fetchall():
+            taken.setdefault(r["to_address"], set()).add((r["id"], r["provider_message_id"]))
+    return [UnknownTouch(**_columns(t),
+                         taken_ids=frozenset(mid for tid, mid in taken.get(t.to_address, ()) if tid != t.id))
+            for t in claimed]
+
+
+def _columns(touch: Touch) -> dict[str, Any]:
+    return {f.name: getattr(touch, f.name) for f in fields(Touch)}
+
+
+def lock_for_resolution(conn: psycopg.Connection, touch_id: int) -> ResolutionState | None:
+    return _rows(conn, ResolutionState,
+                 "SELECT status, replanned, resolve_attempts FROM touches WHERE id = %s FOR UPDATE",
+                 (touch_id,)).fetchone()
+
+
+def later_step_out(conn: psycopg.Connection, touch: Touch) -> int | None:
+    """The first later step of the lead on the touch's channel that went out (or may have)."""
+    return conn.execute(
+        """SELECT min(step) AS step FROM touches WHERE lead_id = %s AND channel = %s AND step > %s
+              AND status IN ('sending', 'sent', 'unknown')""",
+        (touch.lead_id, touch.channel, touch.step)).fetchone()["step"]
+
+
+def ask_again_at(conn: psycopg.Connection, touch_id: int, at: dt.datetime) -> None:
+    conn.execute("UPDATE touches SET resolve_after = %s, updated_at = now() WHERE id = %s", (at, touch_id))
+
+
+def confirm_sent(conn: psycopg.Connection, touch_id: int, reason: str, message_id: str | None) -> None:
+    """The vendor has the message: `sent`, as of its reservation."""
+    conn.execute(
+        """UPDATE touches SET status = 'sent', reason = %s, provider_message_id = coalesce(provider_message_id, %s),
+                  sent_at = coalesce(sent_at, reserved_at), resolve_after = NULL, updated_at = now()
+            WHERE id = %s""", (reason, message_id, touch_id))
+
+
+def replan_touch(conn: psycopg.Connection, touch_id: int, reason: str) -> None:
+    """Owed again, once. send_after is left as it was (in the past): the touch is due at
+    once and goes out before any later step, which then keeps its spacing from it."""
+    conn.execute(
+        """UPDATE touches SET status = 'scheduled', replanned = true, reason = %s,
+                  resolve_after = NULL, updated_at = now() WHERE id = %s""",
+        (reason, touch_id))
+
+
+def fail_unknown(conn: psycopg.Connection, touch_id: int, reason: str) -> None:
+    conn.execute("UPDATE touches SET status = 'failed', reason = %s, resolve_after = NULL, updated_at = now() "
+                 "WHERE id = %s", (reason, touch_id))
+
+
+def stop_asking(conn: psycopg.Connection, touch_id: int, reason: str) -> None:
+    """The touch stays `unknown` for good: the vendor is not asked again."""
+    conn.execute("UPDATE touches SET reason = %s, resolve_after = NULL, updated_at = now() WHERE id = %s",
+                 (reason, touch_id))
 
 
 # --- reading -------------------------------------------------------------------------------
