@@ -1,12 +1,12 @@
 """The `touches` table: one row per (lead, step, channel), and the statements the touch
-engine, the send reconciler and the timeline run on it.
+engine, the send reconciler, delivery callbacks and the timeline run on it.
 
 Every function takes a connection in a tenant transaction (`db.tenant_tx`; row-level
 security applies), except `tenants_with_sends_to_reconcile` (`db.system_tx`). Rows come
 back as `Touch`, named and typed as the table's columns (tests/test_touch_store.py keeps
 them in step with the schema), or as a narrower row where a statement returns less or more.
 What to do with a touch is decided by the use cases (services/touches.py,
-send_reconcile.py); the statements here only re-check status where a
+send_reconcile.py, delivery.py); the statements here only re-check status where a
 concurrent writer could have moved it.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,37 @@ def stop_asking(conn: psycopg.Connection, touch_id: int, reason: str) -> None:
     """The touch stays `unknown` for good: the vendor is not asked again."""
     conn.execute("UPDATE touches SET reason = %s, resolve_after = NULL, updated_at = now() WHERE id = %s",
                  (reason, touch_id))
+
+
+# --- delivery callbacks -------------------------------------------------------------------
+
+def touch_of_channel(conn: psycopg.Connection, touch_id: int, channel: str) -> Touch | None:
+    return _rows(conn, Touch, "SELECT * FROM touches WHERE id = %s AND channel = %s",
+                 (touch_id, channel)).fetchone()
+
+
+def touch_by_message_id(conn: psycopg.Connection, message_id: str, channel: str) -> Touch | None:
+    return _rows(conn, Touch, "SELECT * FROM touches WHERE provider_message_id = %s AND channel = %s",
+                 (message_id, channel)).fetchone()
+
+
+def advance_delivery(conn: psycopg.Connection, touch_id: int, status: str, progress: dict[str, int], *,
+                     message_id: str | None, error_code: str | None) -> bool:
+    """Sets delivery_status to `status` if that is further along (`progress` ranks the
+    statuses) than the one recorded; keeps the first message id. Returns whether it moved."""
+    return conn.execute(
+        """UPDATE touches SET delivery_status = %s, error_code = coalesce(%s, error_code),
+                  provider_message_id = coalesce(provider_message_id, %s), updated_at = now()
+            WHERE id = %s AND coalesce((%s::jsonb ->> delivery_status)::int, -1) < %s RETURNING id""",
+        (status, error_code, message_id, touch_id, Jsonb(progress), progress[status]),
+    ).fetchone() is not None
+
+
+def confirm_unknown_by_provider(conn: psycopg.Connection, touch_id: int) -> None:
+    """An `unknown` touch the vendor reported on is `sent` (a no-op for any other status)."""
+    conn.execute("UPDATE touches SET status = 'sent', reason = 'confirmed_by_provider', resolve_after = NULL, "
+                 "sent_at = coalesce(sent_at, reserved_at), updated_at = now() "
+                 "WHERE id = %s AND status = 'unknown'", (touch_id,))
 
 
 # --- reading -------------------------------------------------------------------------------
