@@ -42,10 +42,10 @@ def _find_touch(conn: psycopg.Connection, channel: str, touch_id: int | None, me
 def _advance(conn: psycopg.Connection, touch: Touch, status: str, progress: dict[str, int], *,
              message_id: str | None, error_code: str | None, at: dt.datetime | None) -> bool:
     """Moves delivery_status forward (never back). A touch recorded as `unknown` is now
-    known to be with the provider: it becomes `sent`."""
+    known to be with the provider: it becomes `sent`, unless a reconciler settled it while
+    this callback waited for the row (then its decision stands and nothing says `sent`)."""
     moved = advance_delivery(conn, touch.id, status, progress, message_id=message_id, error_code=error_code)
-    if touch.status == "unknown":
-        confirm_unknown_by_provider(conn, touch.id)
+    if touch.status == "unknown" and confirm_unknown_by_provider(conn, touch.id):
         lead_log.record(conn, touch.lead_id, "touch_sent", step=touch.step, channel=touch.channel,
                         reason="confirmed_by_provider", at=at)
         complete_if_done(conn, touch.lead_id, at=at)

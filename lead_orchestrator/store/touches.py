@@ -345,11 +345,12 @@ def advance_delivery(conn: psycopg.Connection, touch_id: int, status: str, progr
     ).fetchone() is not None
 
 
-def confirm_unknown_by_provider(conn: psycopg.Connection, touch_id: int) -> None:
-    """An `unknown` touch the vendor reported on is `sent` (a no-op for any other status)."""
-    conn.execute("UPDATE touches SET status = 'sent', reason = 'confirmed_by_provider', resolve_after = NULL, "
-                 "sent_at = coalesce(sent_at, reserved_at), updated_at = now() "
-                 "WHERE id = %s AND status = 'unknown'", (touch_id,))
+def confirm_unknown_by_provider(conn: psycopg.Connection, touch_id: int) -> bool:
+    """An `unknown` touch the vendor reported on is `sent`. Returns False (and changes
+    nothing) when the touch is no longer `unknown`: a reconciler settled it first."""
+    return conn.execute("UPDATE touches SET status = 'sent', reason = 'confirmed_by_provider', resolve_after = NULL, "
+                        "sent_at = coalesce(sent_at, reserved_at), updated_at = now() "
+                        "WHERE id = %s AND status = 'unknown' RETURNING id", (touch_id,)).fetchone() is not None
 
 
 # --- reading -------------------------------------------------------------------------------
