@@ -28,9 +28,10 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 from lead_orchestrator.store import lead_log
 from lead_orchestrator.store.lead_state import (cancel_pending, complete_if_done, consent_key, is_opted_out,  # noqa: F401
                                           opt_out_contact, set_opt_out, share_lead_of_touch)
-from lead_orchestrator.store.touches import (NewTouch, Touch, defer_touch, due_touch_ids, lock_touch,  # noqa: F401
-                                             other_sms_out, plan_touches, recent_sms_reservations, record_status,
-                                             reserve_touch, skip_pending_sms, spaced_until, status_of)
+from lead_orchestrator.store.touches import (NewTouch, Touch, defer_touch, lock_touch, other_sms_out, plan_touches,
+                                             recent_sms_reservations, record_status, reserve_touch, skip_pending_sms,
+                                             spaced_until, status_of)
+from lead_orchestrator.store.touches import due_touch_ids  # noqa: F401 - re-exported (ingest, tests)
 from lead_orchestrator.domain.messages import Message, compose, merge_fields  # noqa: F401 - merge_fields re-exported
 from lead_orchestrator.messaging.senders import OutgoingEmail
 from lead_orchestrator.messaging.send_outcomes import AMBIGUOUS, PERMANENT, SENT, TRANSIENT, SendResult, from_exception
