@@ -178,11 +178,11 @@ def test_the_link_merge_field_is_set_per_shop_and_required_by_templates_that_use
     assert cli("templates", "set", shop.slug, "book_sms", "--body", "Book online: {{ link }}").exit_code == 0
     steps = [{"step": 0, "offset_minutes": 0, "channel": "sms", "template": "book_sms"}]
     shop = get_shop(admin, shop.slug, session_box())
-    from lead_orchestrator.domain.messages import compose
+    from lead_orchestrator.domain.messages import SampleLead, compose
     from lead_orchestrator.domain.sequences import sequence_for
 
     step = sequence_for({**shop.settings, "sequence": steps})[0]
-    assert compose(shop, step, {"first_name": "Dana"}, first_sms=True, unsubscribe_url=None).body.startswith(
+    assert compose(shop, step, SampleLead(first_name="Dana"), first_sms=True, unsubscribe_url=None).body.startswith(
         "Book online: https://book.example.com/gear")
 
     kept = cli("templates", "link", shop.slug, "--remove")

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from lead_orchestrator.domain.send_window import SendWindow
+from lead_orchestrator.store.leads import Lead
 from lead_orchestrator.services.touches import plan_sequence
 
 UTC = dt.timezone.utc
@@ -123,7 +124,7 @@ def insert_lead(db, shop, *, first_seen: dt.datetime, phone: str | None = None, 
                        'active', 'manual', %s) RETURNING *""",
             (order_id or uuid.uuid4().hex[:20], str(10000 + next(_numbers)), first_name, phone, email, first_seen),
         ).fetchone()
-        plan_sequence(conn, shop, lead, SendWindow.for_shop(shop))
+        plan_sequence(conn, shop, Lead(**lead), SendWindow.for_shop(shop))
     return lead
 
 

@@ -25,6 +25,27 @@ class Shop(Protocol):
     settings: dict[str, Any]
 
 
+class LeadFields(Protocol):
+    """What a message needs of the lead it is for (store.leads.Lead has it all)."""
+
+    first_name: str | None
+    last_name: str | None
+    vehicle_name: str | None
+    order_number: str | None
+    total_cents: int | None
+
+
+@dataclass(frozen=True)
+class SampleLead:
+    """A made-up lead to render messages for (`preview`)."""
+
+    first_name: str | None = None
+    last_name: str | None = None
+    vehicle_name: str | None = None
+    order_number: str | None = None
+    total_cents: int | None = None
+
+
 @dataclass(frozen=True)
 class Message:
     channel: str
@@ -34,26 +55,26 @@ class Message:
     reply_to: tuple[str, str] | None = None  # (address, display name): email only
 
 
-def merge_fields(shop: Shop, lead: dict) -> dict[str, str]:
+def merge_fields(shop: Shop, lead: LeadFields) -> dict[str, str]:
     return {
-        "first_name": lead.get("first_name") or "there",
-        "last_name": lead.get("last_name") or "",
-        "vehicle": lead.get("vehicle_name") or "vehicle",
+        "first_name": lead.first_name or "there",
+        "last_name": lead.last_name or "",
+        "vehicle": lead.vehicle_name or "vehicle",
         "shop_name": shop.name,
         "shop_phone": shop.shop_phone or "",
-        "estimate_number": lead.get("order_number") or "",
-        "estimate_total": format_cents(lead.get("total_cents")),
+        "estimate_number": lead.order_number or "",
+        "estimate_total": format_cents(lead.total_cents),
         "link": (shop.settings or {}).get("link", ""),
     }
 
 
-def sample_lead() -> dict:
+def sample_lead() -> SampleLead:
     """The customer `preview` renders for."""
-    return {"first_name": "Dana", "last_name": "Lopez", "vehicle_name": "2018 Toyota Camry",
-            "order_number": "10482", "total_cents": 84950}
+    return SampleLead(first_name="Dana", last_name="Lopez", vehicle_name="2018 Toyota Camry",
+                      order_number="10482", total_cents=84950)
 
 
-def compose(shop: Shop, step: Step, lead: dict, *, first_sms: bool, unsubscribe_url: str | None,
+def compose(shop: Shop, step: Step, lead: LeadFields, *, first_sms: bool, unsubscribe_url: str | None,
             reply_to: str | None = None) -> Message:
     """The message of one step for one lead. `first_sms`: no SMS of this lead has gone
     out yet, so this one must say how to opt out. `reply_to`: the lead's reply address

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -25,6 +25,7 @@ from lead_orchestrator.crm.registry import hint_from_stored_body
 from lead_orchestrator.domain.qualification import qualify
 from lead_orchestrator.domain.send_window import SendWindow
 from lead_orchestrator.store.inbox import ESTIMATES, stored_hint
+from lead_orchestrator.store.leads import Lead, NewLead, close_lead, lock_order, record_order_update, upsert_lead
 from lead_orchestrator.store.shops import Shop, load_shop
 from lead_orchestrator.services.touches import cancel_pending, due_touch_ids, plan_sequence, send_touches
 from lead_orchestrator.services.shop_clients import MissingCredentials
@@ -124,8 +125,8 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     due: list[int] = []
     with db.tenant_tx(tenant_id) as conn:
         lead = _upsert_lead(conn, shop, event, estimate, now(), result)
-        if lead is not None and lead["status"] == "active":
-            due = due_touch_ids(conn, now(), lead_id=lead["id"])
+        if lead is not None and lead.status == "active":
+            due = due_touch_ids(conn, now(), lead_id=lead.id)
         if not due:
             _mark_event(conn, event_id, "done", result.outcome)
     if due:
@@ -192,76 +193,57 @@ def _mark_shop_unauthorized(db, tenant_id: int, error: str, now: dt.datetime) ->
         )
 
 
-def _upsert_lead(conn, shop: Shop, event, estimate: Estimate, now, result: EventResult):
+def _upsert_lead(conn, shop: Shop, event, estimate: Estimate, now, result: EventResult) -> Lead:
     # Two events of one estimate (a webhook and a poll sighting) may be processed by two
-    # runs at once: apply them one after the other, so the second sees the lead the first made.
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, current_tenant_id()))", (estimate.id,))
-    lead = conn.execute("SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (estimate.id,)).fetchone()
+    # runs at once: lock_order applies them one after the other.
+    lead = lock_order(conn, estimate.id)
     reason = estimate.closing_reason
     if lead is not None:
-        result.lead_id = lead["id"]
-        conn.execute("UPDATE leads SET order_updated_at = %s, total_cents = coalesce(%s, total_cents), "
-                     "updated_at = now() WHERE id = %s", (estimate.updated_at, estimate.total_cents, lead["id"]))
-        if reason and lead["status"] == "active":
+        result.lead_id = lead.id
+        record_order_update(conn, lead.id, estimate.updated_at, estimate.total_cents)
+        if reason and lead.status == "active":
             return _close(conn, lead, reason, result)
-        if lead["status"] != "disqualified" or reason:
+        if lead.status != "disqualified" or reason:
             result.outcome = "updated"
             return lead
         # A disqualified estimate may qualify now (e.g. a mobile number was added).
     q = qualify(estimate, now=now, max_age_days=shop.max_lead_age_days)
     customer, vehicle = estimate.customer, estimate.vehicle
-    values = {
-        "order_id": estimate.id, "order_number": estimate.number or None,
-        "customer_id": estimate.customer_id, "vehicle_id": estimate.vehicle_id,
-        "first_name": customer.first_name if customer else None,
-        "last_name": customer.last_name if customer else None,
-        "vehicle_name": (vehicle.display_name if vehicle else None) or None, "total_cents": estimate.total_cents,
-        "phone": q.reach.phone, "email": q.reach.email,
-        "status": "active" if q.qualified else "disqualified",
-        "reason": None if q.qualified else q.reason, "source": event["source"],
-        "created": estimate.created_at, "updated": estimate.updated_at,
-        "first_seen": event["received_at"], "crm": estimate.crm,
-    }
-    lead = conn.execute(
-        """INSERT INTO leads (tenant_id, order_id, order_number, customer_id, vehicle_id, first_name, last_name,
-                              vehicle_name, total_cents, phone_e164, email, status, status_reason, source,
-                              order_created_at, order_updated_at, first_seen_at, crm)
-           VALUES (current_tenant_id(), %(order_id)s, %(order_number)s, %(customer_id)s, %(vehicle_id)s,
-                   %(first_name)s, %(last_name)s, %(vehicle_name)s, %(total_cents)s, %(phone)s, %(email)s,
-                   %(status)s, %(reason)s, %(source)s, %(created)s, %(updated)s, %(first_seen)s, %(crm)s)
-           ON CONFLICT (tenant_id, order_id) DO UPDATE SET
-               first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
-               vehicle_name = EXCLUDED.vehicle_name, phone_e164 = EXCLUDED.phone_e164, email = EXCLUDED.email,
-               status = EXCLUDED.status, status_reason = EXCLUDED.status_reason,
-               first_seen_at = CASE WHEN EXCLUDED.status = 'active' THEN %(now)s ELSE leads.first_seen_at END,
-               updated_at = now()
-           RETURNING *""",
-        {**values, "now": now},
-    ).fetchone()
-    result.lead_id = lead["id"]
+    lead = upsert_lead(conn, NewLead(
+        order_id=estimate.id, order_number=estimate.number or None,
+        customer_id=estimate.customer_id, vehicle_id=estimate.vehicle_id,
+        first_name=customer.first_name if customer else None,
+        last_name=customer.last_name if customer else None,
+        vehicle_name=(vehicle.display_name if vehicle else None) or None, total_cents=estimate.total_cents,
+        phone_e164=q.reach.phone, email=q.reach.email,
+        status="active" if q.qualified else "disqualified",
+        status_reason=None if q.qualified else q.reason, source=event["source"],
+        order_created_at=estimate.created_at, order_updated_at=estimate.updated_at,
+        first_seen_at=event["received_at"], crm=estimate.crm,
+    ), now)
+    result.lead_id = lead.id
     if not q.qualified:
         result.outcome = "disqualified"
-        lead_log.record(conn, lead["id"], "disqualified", order_id=estimate.id, reason=q.reason,
+        lead_log.record(conn, lead.id, "disqualified", order_id=estimate.id, reason=q.reason,
                         notes=list(q.reach.notes))
         return lead
     result.outcome = "new_lead"
-    lead_log.record(conn, lead["id"], "qualified", order_id=estimate.id, source=event["source"],
+    lead_log.record(conn, lead.id, "qualified", order_id=estimate.id, source=event["source"],
                     channels=list(q.reach.channels), notes=list(q.reach.notes))
     plan_sequence(conn, shop, lead, SendWindow.for_shop(shop))
     return lead
 
 
-def _close(conn, lead, reason: str, result: EventResult):
+def _close(conn, lead: Lead, reason: str, result: EventResult) -> Lead:
     status = "closed" if reason in ("deleted", "archived") else "converted"
-    cancelled = cancel_pending(conn, lead["id"], f"lead_{status}:{reason}")
-    conn.execute("UPDATE leads SET status = %s, status_reason = %s, ended_at = now(), updated_at = now() "
-                 "WHERE id = %s", (status, reason, lead["id"]))
-    lead_log.record(conn, lead["id"], f"lead_{status}", reason=reason, touches_cancelled=cancelled)
+    cancelled = cancel_pending(conn, lead.id, f"lead_{status}:{reason}")
+    close_lead(conn, lead.id, status, reason)
+    lead_log.record(conn, lead.id, f"lead_{status}", reason=reason, touches_cancelled=cancelled)
     result.outcome = "closed"
-    return {**lead, "status": status}
+    return replace(lead, status=status)
 
 
-def _send_due(db, vendors, shop, lead, touch_ids: list[int], event, now, result: EventResult) -> None:
+def _send_due(db, vendors, shop, lead: Lead, touch_ids: list[int], event, now, result: EventResult) -> None:
     marked = False
 
     def record(conn, outcomes) -> None:
@@ -270,7 +252,7 @@ def _send_due(db, vendors, shop, lead, touch_ids: list[int], event, now, result:
         result.touches_sent = sum(1 for o in outcomes if o.status == "sent")
         if result.touches_sent and result.outcome == "new_lead":
             result.first_touch_latency_s = round((now() - event["received_at"]).total_seconds(), 3)
-            lead_log.record(conn, lead["id"], "first_touch_latency", seconds=result.first_touch_latency_s)
+            lead_log.record(conn, lead.id, "first_touch_latency", seconds=result.first_touch_latency_s)
         _mark_event(conn, event["id"], "done", result.outcome)
         marked = True
 

@@ -28,6 +28,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 from lead_orchestrator.store import lead_log
 from lead_orchestrator.store.lead_state import (cancel_pending, complete_if_done, consent_key, is_opted_out,  # noqa: F401
                                           opt_out_contact, set_opt_out, share_lead_of_touch)
+from lead_orchestrator.store.leads import Lead
 from lead_orchestrator.store.touches import (NewTouch, Touch, defer_touch, lock_touch, other_sms_out, plan_touches,
                                              recent_sms_reservations, record_status, reserve_touch, skip_pending_sms,
                                              spaced_until, status_of)
@@ -72,25 +73,25 @@ class ReservedTouch:
     send_key: str  # names this reservation at the vendor where it keeps our tags (SendGrid)
 
 
-def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: SendWindow) -> int:
+def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: Lead, window: SendWindow) -> int:
     """Creates the lead's touch rows (idempotent). Returns how many were created.
     A step due inside quiet hours is planned for the next allowed moment."""
     planned = []
     for step in sequence_for(shop.settings or {}):
-        address = lead["phone_e164"] if step.channel == "sms" else lead["email"]
-        due = lead["first_seen_at"] + step.offset
+        address = lead.phone_e164 if step.channel == "sms" else lead.email
+        due = lead.first_seen_at + step.offset
         if address is None:
             status, reason, send_after = "skipped", f"no_contact:{step.channel}", due
         else:
             send_after = window.next_allowed_moment(due)
             status, reason = ("deferred", "quiet_hours") if send_after > due else ("scheduled", None)
         planned.append(NewTouch(step.step, step.channel, status, reason, due, send_after, address))
-    created = plan_touches(conn, lead["id"], planned)
+    created = plan_touches(conn, lead.id, planned)
     for t in planned:
         if (t.step, t.channel) in created and t.status != "scheduled":
-            lead_log.record(conn, lead["id"], f"touch_{t.status}", step=t.step, channel=t.channel,
+            lead_log.record(conn, lead.id, f"touch_{t.status}", step=t.step, channel=t.channel,
                             reason=t.reason, due_at=t.due_at.isoformat(), send_after=t.send_after.isoformat(),
-                            at=lead["first_seen_at"])
+                            at=lead.first_seen_at)
     return len(created)
 
 
@@ -163,8 +164,8 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
         return None, TouchOutcome(touch_id, touch.status, "not_pending")
     if touch.send_after > now:
         return None, TouchOutcome(touch_id, touch.status, "not_due")
-    if lead["status"] != "active":
-        return None, _decline(conn, touch, "cancelled", f"lead_{lead['status']}", now)
+    if lead.status != "active":
+        return None, _decline(conn, touch, "cancelled", f"lead_{lead.status}", now)
     step = next((s for s in sequence_for(shop.settings or {})
                  if s.step == touch.step and s.channel == touch.channel), None)
     if step is None:
@@ -183,7 +184,7 @@ def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.dateti
 
     first_sms = touch.channel == "sms" and not other_sms_out(conn, touch.lead_id, touch_id)
     unsubscribe = vendors.unsubscribe_url(shop, touch.to_address) if touch.channel == "email" else None
-    reply_to = vendors.reply_address(shop, lead["id"]) if touch.channel == "email" else None
+    reply_to = vendors.reply_address(shop, lead.id) if touch.channel == "email" else None
     message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe, reply_to=reply_to)
     send_key = uuid.uuid4().hex
     reserve_touch(conn, touch_id, now=now, owner=owner, send_key=send_key, body=message.body,

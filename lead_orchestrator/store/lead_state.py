@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
+from psycopg.rows import class_row
 
 from lead_orchestrator.store import lead_log
+from lead_orchestrator.store.leads import Lead
 
 PENDING = ("scheduled", "deferred")
 
@@ -34,10 +36,10 @@ def cancel_pending(conn: psycopg.Connection, lead_id: int, reason: str, *, at: d
     return len(rows)
 
 
-def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> dict | None:
+def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> Lead | None:
     """The lead of the touch, locked FOR SHARE before the touch is locked (the order above),
     as the sender reserves it. None when there is no such touch."""
-    return conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
+    return conn.cursor(row_factory=class_row(Lead)).execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
                         (touch_id,)).fetchone()
 
 
