@@ -16,6 +16,7 @@ from lead_orchestrator.runtime.dispatcher import Dispatcher
 from lead_orchestrator.messaging.senders import EMAIL_SETTLE, SMS_SETTLE
 from lead_orchestrator.services.send_reconcile import reconcile_in_flight_sends
 from lead_orchestrator.services.timeline import format_timeline, lead_timeline
+from lead_orchestrator.store.leads import lead_by_id
 from lead_orchestrator.services.touch_sweep import send_due_touches
 from tests.conftest import emails_to, sms_to
 from tests.faulty_endpoints import Forwarder, refused_url
@@ -95,8 +96,7 @@ def test_sendgrid_closing_the_connection_after_taking_the_mail_sends_it_once(db,
     assert (touch["status"], touch["reason"], touch["resolve_after"]) == (
         "unknown", "unresolved:email_activity_unavailable", None)
     with db.tenant_tx(shop.id) as conn:
-        text = format_timeline(shop, lead_timeline(conn, conn.execute("SELECT * FROM leads WHERE id = %s",
-                                                                      (lead["id"],)).fetchone()))
+        text = format_timeline(shop, lead_timeline(conn, lead_by_id(conn, lead["id"])))
     assert "step 0 email outcome stays unknown (unresolved:email_activity_unavailable)" in text
 
 

@@ -20,6 +20,7 @@ import psycopg
 
 from lead_orchestrator.domain.contact_points import normalize_phone
 from lead_orchestrator.store.lead_state import consent_key
+from lead_orchestrator.store.leads import Lead, leads_named, leads_of_email, leads_of_order, leads_of_phone
 from lead_orchestrator.store.touches import Touch, lead_touches
 from lead_orchestrator.services.preview import PlannedTouch, expected_send_times
 from lead_orchestrator.domain.send_window import SendWindow
@@ -34,39 +35,28 @@ SPACING_WORTH_SAYING = dt.timedelta(minutes=1)
 
 @dataclass
 class LeadTimeline:
-    lead: dict
+    lead: Lead
     touches: list[Touch]
     consent: list[dict]
     events: list[dict]
     inbox: list[dict] = field(default_factory=list)
 
 
-def find_leads(conn: psycopg.Connection, key: str) -> list[dict]:
+def find_leads(conn: psycopg.Connection, key: str) -> list[Lead]:
     """Leads named by an order id, an estimate number, a phone number, an email or the
     customer's name (whole or in part, any case), newest first."""
     key = key.strip()
-    rows = conn.execute("SELECT * FROM leads WHERE order_id = %s OR order_number = %s ORDER BY id DESC",
-                        (key, key)).fetchall()
+    rows = leads_of_order(conn, key)
     if rows:
         return rows
     if "@" in key:
-        return conn.execute("SELECT * FROM leads WHERE lower(email) = %s ORDER BY id DESC",
-                            (consent_key("email", key),)).fetchall()
+        return leads_of_email(conn, consent_key("email", key))
     phone = normalize_phone(key)
     if phone:
-        return conn.execute("SELECT * FROM leads WHERE phone_e164 = %s ORDER BY id DESC", (phone,)).fetchall()
+        return leads_of_phone(conn, phone)
     if re.search(r"[^\W\d_]", key):
-        return find_leads_by_name(conn, key)
+        return leads_named(conn, key)
     return []
-
-
-def find_leads_by_name(conn: psycopg.Connection, name: str) -> list[dict]:
-    words = [re.sub(r"([\\%_])", r"\\\1", w) for w in name.lower().split()]
-    return conn.execute(
-        """SELECT * FROM leads WHERE lower(concat_ws(' ', first_name, last_name)) LIKE %s
-            ORDER BY lower(concat_ws(' ', first_name, last_name)) = %s DESC, id DESC LIMIT 100""",
-        ("%" + "%".join(words) + "%", " ".join(name.lower().split())),
-    ).fetchall()
 
 
 def contact_address(key: str) -> tuple[str, str] | None:
@@ -85,17 +75,17 @@ def order_inbox_events(conn: psycopg.Connection, order_id: str) -> list[dict]:
     ).fetchall()
 
 
-def lead_timeline(conn: psycopg.Connection, lead: dict) -> LeadTimeline:
-    addresses = [a for a in (lead["phone_e164"], consent_key("email", lead["email"]) if lead["email"] else None) if a]
-    touches = lead_touches(conn, lead["id"])
+def lead_timeline(conn: psycopg.Connection, lead: Lead) -> LeadTimeline:
+    addresses = [a for a in (lead.phone_e164, consent_key("email", lead.email) if lead.email else None) if a]
+    touches = lead_touches(conn, lead.id)
     consent = conn.execute("SELECT * FROM contacts WHERE address = ANY(%s) ORDER BY channel", (addresses,)).fetchall()
     events = conn.execute(
         """SELECT id, at, kind, lead_id, detail FROM lead_events
             WHERE lead_id = %s OR (lead_id IS NULL AND detail ? 'address' AND detail->>'address' = ANY(%s))
             ORDER BY at, id""",
-        (lead["id"], addresses),
+        (lead.id, addresses),
     ).fetchall()
-    return LeadTimeline(lead, touches, consent, events, order_inbox_events(conn, lead["order_id"]))
+    return LeadTimeline(lead, touches, consent, events, order_inbox_events(conn, lead.order_id))
 
 
 def contact_events(conn: psycopg.Connection, channel: str, address: str) -> tuple[list[dict], list[dict]]:
@@ -161,7 +151,7 @@ def _found_by(source: str | None) -> str:
     return {"poll": "the poll found it", "webhook": "the webhook arrived"}.get(source or "", "it was stored")
 
 
-def describe(event: dict, tz: ZoneInfo, lead: dict | None = None, notes: dict[str, str] | None = None) -> str:
+def describe(event: dict, tz: ZoneInfo, lead: Lead | None = None, notes: dict[str, str] | None = None) -> str:
     """One decision in words an operator can read. `lead` lets a latency say what it was
     measured from; `notes` (reach_notes) say why a channel had no address."""
     d, kind = event["detail"] or {}, event["kind"]
@@ -223,10 +213,10 @@ def describe(event: dict, tz: ZoneInfo, lead: dict | None = None, notes: dict[st
     if kind.startswith("email_"):
         return f"{what or 'email'} {kind[6:]}" + (f": {d['detail']}" if d.get("detail") else "")
     if kind == "first_touch_latency":
-        text = f"first touch {d.get('seconds')} s after {_found_by(lead and lead['source'])}"
-        if lead and lead["order_created_at"] and d.get("seconds") is not None:
+        text = f"first touch {d.get('seconds')} s after {_found_by(lead and lead.source)}"
+        if lead and lead.order_created_at and d.get("seconds") is not None:
             # The same instant, measured from the estimate's creation instead of our first sight.
-            waited = lead["first_seen_at"] - lead["order_created_at"] + dt.timedelta(seconds=float(d["seconds"]))
+            waited = lead.first_seen_at - lead.order_created_at + dt.timedelta(seconds=float(d["seconds"]))
             text += f" ({_seconds(waited)} after the estimate was created)"
         return text
     rest = ", ".join(f"{k}={v}" for k, v in d.items())
@@ -281,16 +271,16 @@ def format_timeline(shop, t: LeadTimeline, *, now: dt.datetime | None = None, di
     now = now or dt.datetime.now(dt.timezone.utc)
     tz = ZoneInfo(shop.time_zone)
     lead = t.lead
-    name = " ".join(p for p in (lead["first_name"], lead["last_name"]) if p) or "(no name)"
+    name = _name(lead)
     notes = reach_notes(t.events)
-    sms = lead["phone_e164"] or "no SMS" + (f" ({notes['sms']})" if "sms" in notes else "")
-    email = lead["email"] or "no email" + (f" ({notes['email']})" if "email" in notes else "")
+    sms = lead.phone_e164 or "no SMS" + (f" ({notes['sms']})" if "sms" in notes else "")
+    email = lead.email or "no email" + (f" ({notes['email']})" if "email" in notes else "")
     lines = [
-        f"Lead {lead['id']} of {shop.slug}: order {lead['order_id']} (estimate #{lead['order_number'] or '-'})",
+        f"Lead {lead.id} of {shop.slug}: order {lead.order_id} (estimate #{lead.order_number or '-'})",
         f"  customer   {name} · {sms} · {email}",
-        f"  status     {lead['status']}" + (f" ({lead['status_reason']})" if lead["status_reason"] else "")
-        + (f" since {shop_time(lead['ended_at'], tz)}" if lead["ended_at"] else ""),
-        f"  first seen {shop_time(lead['first_seen_at'], tz)}: {_sighting(lead)}",
+        f"  status     {lead.status}" + (f" ({lead.status_reason})" if lead.status_reason else "")
+        + (f" since {shop_time(lead.ended_at, tz)}" if lead.ended_at else ""),
+        f"  first seen {shop_time(lead.first_seen_at, tz)}: {_sighting(lead)}",
     ]
     for c in t.consent:
         state = "OPTED OUT" if c["opted_out"] else "subscribed"
@@ -299,25 +289,29 @@ def format_timeline(shop, t: LeadTimeline, *, now: dt.datetime | None = None, di
     lines += ["", "Touches (shop time, in the order they go out)",
               f"  {'step':<5}{'channel':<8}{'status':<11}{'due':<26}{'sent / next':<26}detail"]
     lines += _touch_rows(shop, t.touches, notes, tz, now)
-    entries = [(lead["order_created_at"], 0, f"estimate #{lead['order_number'] or '-'} created in the CRM")] \
-        if lead["order_created_at"] else []
-    entries.append((lead["first_seen_at"], 1, f"first seen: {_found_by(lead['source'])}"))
+    entries = [(lead.order_created_at, 0, f"estimate #{lead.order_number or '-'} created in the CRM")] \
+        if lead.order_created_at else []
+    entries.append((lead.first_seen_at, 1, f"first seen: {_found_by(lead.source)}"))
     for e in t.events:
         rank = 2 if e["kind"] in ("qualified", "disqualified") else 3
         entries.append((e["at"], rank, describe(e, tz, lead, notes)))
     for e in t.inbox:
         if e["status"] != "done":
-            entries.append((e["received_at"], 1, describe_inbox_event(e, shop, tz, lead["order_id"], now=now,
+            entries.append((e["received_at"], 1, describe_inbox_event(e, shop, tz, lead.order_id, now=now,
                                                                       dispatcher_alive=dispatcher_alive)))
     lines += ["", "Timeline (shop time)"] + _in_time_order(entries, tz)
     return "\n".join(lines)
 
 
-def _sighting(lead: dict) -> str:
+def _name(lead: Lead) -> str:
+    return " ".join(p for p in (lead.first_name, lead.last_name) if p) or "(no name)"
+
+
+def _sighting(lead: Lead) -> str:
     how = {"poll": "the backup poll found it (no webhook came first)", "webhook": "by webhook"}.get(
-        lead["source"], f"source {lead['source']}")
-    if lead["order_created_at"]:
-        how += f", {_seconds(lead['first_seen_at'] - lead['order_created_at'])} after the estimate was created"
+        lead.source, f"source {lead.source}")
+    if lead.order_created_at:
+        how += f", {_seconds(lead.first_seen_at - lead.order_created_at)} after the estimate was created"
     return how
 
 
@@ -361,10 +355,9 @@ def format_contact(shop, channel: str, address: str, consent: list[dict], events
     return "\n".join(lines)
 
 
-def format_more(leads: list[dict]) -> str:
+def format_more(leads: list[Lead]) -> str:
     """The leads past MAX_TIMELINES, one line each."""
     lines = [f"{len(leads)} more lead(s) match; name one by its order id:"]
     for lead in leads:
-        name = " ".join(p for p in (lead["first_name"], lead["last_name"]) if p) or "(no name)"
-        lines.append(f"  lead {lead['id']}  order {lead['order_id']}  {name}  {lead['status']}")
+        lines.append(f"  lead {lead.id}  order {lead.order_id}  {_name(lead)}  {lead.status}")
     return "\n".join(lines)
