@@ -27,6 +27,7 @@ from lead_orchestrator.messaging.auto_replies import auto_reply_reason
 from lead_orchestrator.domain.contact_points import normalize_email
 from lead_orchestrator.messaging.inbound_email import InboundEmail, new_text
 from lead_orchestrator.store.lead_state import PENDING, consent_key
+from lead_orchestrator.store.leads import Lead, lead_by_id, lock_lead_status
 from lead_orchestrator.messaging.senders import OutgoingEmail, SendResult
 from lead_orchestrator.store.shops import Shop
 from lead_orchestrator.services.stop_conditions import PREVIEW_CHARS, record_reply
@@ -62,8 +63,8 @@ def receive_email_reply(conn: psycopg.Connection, shop: Shop, lead_id: int, mail
                         at: dt.datetime) -> ReplyOutcome | None:
     """Records an email to the lead's reply address and applies it. None: no such lead."""
     # The lead first (the lock order of lead_state): no touch of it can be reserved now.
-    lead = conn.execute("SELECT id, status FROM leads WHERE id = %s FOR UPDATE", (lead_id,)).fetchone()
-    if lead is None:
+    status = lock_lead_status(conn, lead_id)
+    if status is None:
         return None
     reason = auto_reply_reason(mail.headers, sender=mail.sender, subject=mail.subject,
                                null_return_path=mail.null_return_path)
@@ -90,7 +91,7 @@ def receive_email_reply(conn: psycopg.Connection, shop: Shop, lead_id: int, mail
                         at=at, **detail)
         return ReplyOutcome("recorded", kind, row["id"], lead_id, reason)
     pending = conn.execute("SELECT count(*) AS n FROM touches WHERE lead_id = %s AND status = ANY(%s)",
-                           (lead_id, list(PENDING))).fetchone()["n"] if lead["status"] == "active" else 0
+                           (lead_id, list(PENDING))).fetchone()["n"] if status == "active" else 0
     # The address names one lead, so the reply stops that lead (a text cannot say which
     # estimate it answers, so it stops every lead of the number).
     stopped = record_reply(conn, [lead_id], channel="email", address=mail.sender, body=text, at=at,
@@ -111,13 +112,13 @@ def forward_reply(db, shop: Shop, reply_id: int, vendors, *, now: dt.datetime) -
         if reply is None:
             row = conn.execute("SELECT forward_status FROM email_replies WHERE id = %s", (reply_id,)).fetchone()
             return row["forward_status"] if row else None
-        lead = conn.execute("SELECT * FROM leads WHERE id = %s", (reply["lead_id"],)).fetchone()
+        lead = lead_by_id(conn, reply["lead_id"])
     result = _send_forward(shop, lead, reply, vendors)
     with db.tenant_tx(shop.id) as conn:
         return _record_forward(conn, reply, result, now)
 
 
-def _send_forward(shop: Shop, lead: dict, reply: dict, vendors) -> SendResult:
+def _send_forward(shop: Shop, lead: Lead, reply: dict, vendors) -> SendResult:
     from lead_orchestrator.services.shop_clients import MissingCredentials
 
     if not reply["forward_to"]:
@@ -156,16 +157,16 @@ def _record_forward(conn: psycopg.Connection, reply: dict, result: SendResult, n
     return status
 
 
-def forward_email(shop: Shop, lead: dict, reply: dict) -> OutgoingEmail:
+def forward_email(shop: Shop, lead: Lead, reply: dict) -> OutgoingEmail:
     """The shop's copy: from the shop's own sender (the only address its SendGrid
     account may send from), to the forward address, Reply-To the customer."""
-    who = reply["from_name"] or " ".join(p for p in (lead.get("first_name"), lead.get("last_name")) if p) \
+    who = reply["from_name"] or " ".join(p for p in (lead.first_name, lead.last_name) if p) \
         or reply["from_address"]
-    estimate = f"estimate #{lead['order_number']}" if lead.get("order_number") else "their estimate"
-    about = ", ".join(p for p in (lead.get("vehicle_name"), format_cents(lead.get("total_cents"))
-                                  if lead.get("total_cents") is not None else None) if p)
-    state = ("Their follow-ups have stopped." if lead["status"] == "stopped" and lead["status_reason"] == "replied"
-             else f"Their follow-ups had already ended ({lead['status']}).")
+    estimate = f"estimate #{lead.order_number}" if lead.order_number else "their estimate"
+    about = ", ".join(p for p in (lead.vehicle_name, format_cents(lead.total_cents)
+                                  if lead.total_cents is not None else None) if p)
+    state = ("Their follow-ups have stopped." if lead.status == "stopped" and lead.status_reason == "replied"
+             else f"Their follow-ups had already ended ({lead.status}).")
     lines = [f"{who} <{reply['from_address']}> answered your email about {estimate}"
              + (f" ({about})." if about else "."),
              "Reply to this email to write to them directly. " + state, "", reply["body"] or "(no new text)"]

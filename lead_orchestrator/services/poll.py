@@ -52,6 +52,7 @@ from lead_orchestrator.crm.http import tls_context
 from lead_orchestrator.crm.pace import pacer_for
 from lead_orchestrator.services.shop_clients import MissingCredentials
 from lead_orchestrator.store.inbox import RELEASE_PARKED, NewEvent, insert_event
+from lead_orchestrator.store.leads import has_active_lead
 from lead_orchestrator.store.shops import Shop, load_shop
 
 log = logging.getLogger(__name__)
@@ -461,9 +462,6 @@ _RATE_LIMITED = """
     UPDATE poll_state SET last_polled_at = %(now)s, next_poll_at = %(next)s, wait_reason = 'rate_limited',
         cadence_s = %(cadence)s, budget_app = %(app)s, claimed_by = NULL, claimed_until = NULL"""
 
-_HAS_OPEN_LEAD = "SELECT EXISTS (SELECT 1 FROM leads WHERE status = 'active') AS open"
-
-
 def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
     """One shop: read its watermark, list what changed, store it, advance the watermark
     and give the shop its next slot."""
@@ -513,7 +511,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
             busy = result.stored > 0 or (state["last_change_at"] is not None
                                          and state["last_change_at"] > now - BUSY_FOR)
             if budget is not None:
-                busy = busy or conn.execute(_HAS_OPEN_LEAD).fetchone()["open"]
+                busy = busy or has_active_lead(conn)
                 turn.cadence_s = _cadence(plan, busy)
             result.cadence_s = turn.cadence_s
             result.next_poll_at = next_slot(tenant_id, tick.clock(), turn.cadence_s)
