@@ -11,23 +11,14 @@ import pytest
 from lead_orchestrator.store.leads import (Lead, NewLead, close_lead, has_active_lead, lead_by_id, leads_named,
                                            leads_of_email, leads_of_order, leads_of_phone, lock_lead_status,
                                            lock_order, record_order_update, upsert_lead)
+from tests.row_support import assert_row_matches_table
 from tests.touchpoint_support import UTC, unique_email, unique_phone
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=UTC)
-# How information_schema names a column's type, and the annotation a Lead field has for it.
-ANNOTATIONS = {"bigint": "int", "text": "str", "timestamp with time zone": "dt.datetime"}
 
 
 def test_lead_has_a_field_per_column_typed_and_optional_where_the_column_is_nullable(admin):
-    columns = admin.execute(
-        """SELECT column_name, is_nullable, data_type FROM information_schema.columns
-            WHERE table_schema = 'public' AND table_name = 'leads' ORDER BY ordinal_position""").fetchall()
-    fields = {f.name: f.type for f in dataclasses.fields(Lead)}
-    assert list(fields) == [c["column_name"] for c in columns]
-    optional = {name for name, annotation in fields.items() if annotation.endswith("| None")}
-    assert optional == {c["column_name"] for c in columns if c["is_nullable"] == "YES"}
-    assert {name: annotation.removesuffix(" | None") for name, annotation in fields.items()} == \
-        {c["column_name"]: ANNOTATIONS[c["data_type"]] for c in columns}
+    assert_row_matches_table(admin, Lead, "leads")
 
 
 def new_lead(**changes) -> NewLead:

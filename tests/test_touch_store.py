@@ -8,19 +8,14 @@ import datetime as dt
 import pytest
 
 from lead_orchestrator.store.touches import Touch, UnknownTouch, claim_unknown, lead_touches, lock_touch
+from tests.row_support import assert_row_matches_table
 from tests.touchpoint_support import UTC, insert_lead, unique_email, unique_phone
 
 T0 = dt.datetime(2027, 3, 2, 15, 0, tzinfo=UTC)
 
 
-def test_touch_has_a_field_per_column_optional_where_the_column_is_nullable(admin):
-    columns = admin.execute(
-        """SELECT column_name, is_nullable FROM information_schema.columns
-            WHERE table_schema = 'public' AND table_name = 'touches' ORDER BY ordinal_position""").fetchall()
-    fields = {f.name: f.type for f in dataclasses.fields(Touch)}
-    assert list(fields) == [c["column_name"] for c in columns]
-    optional = {name for name, annotation in fields.items() if annotation.endswith("| None")}
-    assert optional == {c["column_name"] for c in columns if c["is_nullable"] == "YES"}
+def test_touch_has_a_field_per_column_typed_and_optional_where_the_column_is_nullable(admin):
+    assert_row_matches_table(admin, Touch, "touches")
 
 
 def test_rows_come_back_as_frozen_typed_touches(db, make_shop):
