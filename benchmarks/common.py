@@ -21,6 +21,7 @@ from standardwebhooks import Webhook
 
 from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
 from lead_orchestrator.store.migrations import apply_migrations
+from lead_orchestrator.store.secret_box import SecretBox, parse_keys
 from lead_orchestrator.store.shops import ShopChanges, create_shop
 from lead_orchestrator.runtime.stack import stop_process_groups
 
@@ -45,7 +46,7 @@ def start_database(directory: Path | None = None) -> tuple[EmbeddedPostgres, str
     """A migrated embedded PostgreSQL in `directory` (a new temporary one by default)."""
     server = EmbeddedPostgres(directory or Path(tempfile.mkdtemp(prefix="lead-bench-")) / "pg").start()
     url = server.url()
-    apply_migrations(url)
+    apply_migrations(url, bench_box())
     return server, url
 
 
@@ -63,7 +64,7 @@ def make_shops(url: str, count: int, prefix: str = "bench", **overrides) -> list
                 "sendgrid_sender": "service@bench.example", "send_window_start": "00:00",
                 "send_window_end": "23:59:59", "settings": {"holiday_country": None}, **overrides,
             })
-            shops.append(create_shop(conn, f"{prefix}-{i:04d}", f"Bench Shop {i}", changes))
+            shops.append(create_shop(conn, f"{prefix}-{i:04d}", f"Bench Shop {i}", changes, bench_box()))
     return shops
 
 
@@ -116,3 +117,8 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
 
 def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
+
+
+def bench_box() -> SecretBox:
+    """The keys the benchmark's shops are written with (LEAD_ENCRYPTION_KEY above)."""
+    return SecretBox(parse_keys(os.environ["LEAD_ENCRYPTION_KEY"]))

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import bench_box  # also sets LEAD_ENCRYPTION_KEY for the run
+
 import psycopg
 from psycopg.rows import dict_row
 
@@ -39,7 +41,7 @@ def _create_history(url: str, shops: int, leads_per_shop: int) -> None:
 
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         for i in range(shops):
-            create_shop(conn, f"bench-{i:04d}", f"Bench shop {i}", ShopChanges())
+            create_shop(conn, f"bench-{i:04d}", f"Bench shop {i}", ShopChanges(), bench_box())
         # As the owner: row-level security does not bind it, so one statement fills every shop.
         conn.execute(
             """INSERT INTO leads (tenant_id, order_id, status, source, order_created_at, first_seen_at)
@@ -84,14 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedPostgres(Path(tmp) / "pg").start()
         try:
             url = server.url()
-            apply_migrations(url)
+            apply_migrations(url, bench_box())
             t0 = time.perf_counter()
             _create_history(url, args.shops, args.leads_per_shop)
             print(f"{args.shops} shops x {args.leads_per_shop} leads set up in {time.perf_counter() - t0:.1f}s; "
                   f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
-            db = Database(url, max_size=4, name="bench").open()
+            db = Database(url, max_size=4, name="bench", box=bench_box()).open()
             with DagsterInstance.ephemeral() as instance:
-                resources = {"database": DatabaseResource(database_url=url)}
+                resources = {"database": DatabaseResource(database_url=url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])}
                 health = []
                 for _ in range(args.repeat):
                     started = time.perf_counter()

@@ -30,6 +30,8 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import dict_row
 
+from benchmarks.common import bench_box  # also sets LEAD_ENCRYPTION_KEY for the run
+
 LIMIT_SECONDS = 30.0
 
 
@@ -47,7 +49,7 @@ def _create_shops(url: str, standins, count: int, orders_per_shop: int) -> list[
             key = f"bench-{i}-{uuid.uuid4().hex[:8]}"
             create_shop(conn, f"bench-{i:04d}", f"Bench shop {i}", ShopChanges(  # an active shop must be able to send
                 shopmonkey_api_key=key, sendgrid_api_key="SG.bench-key-0123456789abcdef",
-                sendgrid_sender="service@bench.example", postal_address="1 Bench St, Austin, TX 78701"))
+                sendgrid_sender="service@bench.example", postal_address="1 Bench St, Austin, TX 78701"), bench_box())
             standins.shopmonkey.add_shop(key)
             for _ in range(orders_per_shop):
                 standins.shopmonkey.create_order(key, order={"createdDate": yesterday, "updatedDate": yesterday},
@@ -91,21 +93,22 @@ def main(argv: list[str] | None = None) -> int:
     from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
     from lead_orchestrator.store.migrations import apply_migrations
     from orchestrator_dagster.resources import DatabaseResource, VendorsResource
-    from orchestrator_dagster.sensors import inbox_sensor, poll_sensor
+    from lead_orchestrator.settings import load_settings
+    from orchestrator_dagster.sensors import build_poll_sensors, inbox_sensor
     from standins.servers import StandinServers
 
     with tempfile.TemporaryDirectory(prefix="poll-bench-") as tmp, StandinServers() as standins:
         server = EmbeddedPostgres(Path(tmp) / "pg").start()
         try:
             url = server.url()
-            apply_migrations(url)
+            apply_migrations(url, bench_box())
             t0 = time.perf_counter()
             keys = _create_shops(url, standins, args.shops, args.orders_per_shop)
             print(f"{args.shops} shops, {args.orders_per_shop} orders each (last changed yesterday), "
                   f"set up in {time.perf_counter() - t0:.1f}s; machine: {os.cpu_count()} cores, "
                   f"load average {os.getloadavg()[0]:.2f}")
             resources = {
-                "database": DatabaseResource(database_url=url),
+                "database": DatabaseResource(database_url=url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"]),
                 "vendors": VendorsResource(shopmonkey_base_url=standins.shopmonkey_url,
                                            twilio_api_base_url=standins.twilio_url,
                                            sendgrid_api_base_url=standins.sendgrid_url,
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     # case (the sensor otherwise takes each shop at its own slot).
                     with psycopg.connect(url, autocommit=True) as conn:
                         conn.execute("UPDATE poll_state SET next_poll_at = NULL")
-                    poll = poll_sensor(build_sensor_context(instance=instance, resources=resources))
+                    poll = build_poll_sensors(load_settings())[0](build_sensor_context(instance=instance, resources=resources))
                     inbox = inbox_sensor(build_sensor_context(instance=instance, resources=resources))
                     return poll, inbox
 

@@ -40,7 +40,7 @@ import httpx
 import psutil
 import psycopg
 
-from benchmarks.common import machine, percentile, process_cpu, say, start_database
+from benchmarks.common import bench_box, machine, percentile, process_cpu, say, start_database
 
 TICK_S = 5.0
 CADENCE_S = 30.0
@@ -80,9 +80,7 @@ def _seed_shops(url: str, count: int) -> list[str]:
     """`count` active ShopMonkey shops, each with its own API key, written with two COPYs
     (create_shop one by one takes minutes at 20,000). Secrets are encrypted as the
     application writes them."""
-    from lead_orchestrator.store.secret_box import default_box
-
-    box = default_box()
+    box = bench_box()
     sendgrid = box.encrypt("SG.bench-key-0123456789abcdef")
     keys = [f"bench-{i:05d}-{os.urandom(4).hex()}" for i in range(count)]
     tenants = "".join(f"bench-{i:05d}\tBench shop {i}\t{sendgrid}\tservice@bench.example\t"
@@ -109,7 +107,7 @@ def _poller(url: str, standin_url: str, shard: tuple[int, int], concurrency: int
     from lead_orchestrator.store.db import Database
 
     config = PollConfig(concurrency=concurrency)
-    db = Database(url, min_size=1, max_size=8, name="poll").open()
+    db = Database(url, min_size=1, max_size=8, name="poll", box=bench_box()).open()
     http = new_http_client(config)
     vendors = Vendors(shopmonkey_base_url=standin_url, twilio_base_url=None, sendgrid_base_url=None,
                       public_base_url="http://127.0.0.1:9", secret_key="bench")

@@ -36,7 +36,7 @@ import httpx
 import psutil
 import psycopg
 
-from benchmarks.common import machine, percentile, say, start_database
+from benchmarks.common import bench_box, machine, percentile, say, start_database
 from benchmarks.poll_scale import _seed_shops, _tree_cpu
 
 APP, SECRET = "bench-app", "bench-secret"
@@ -66,7 +66,7 @@ def _fetcher_child(url: str, standin_url: str, order_ids: list[int], per_minute:
     from lead_orchestrator.crm.tekmetric import TekmetricAdapter, partner_app_client
     from lead_orchestrator.store.db import Database
 
-    db = Database(url, max_size=2, name="fetcher").open()
+    db = Database(url, max_size=2, name="fetcher", box=bench_box()).open()
     fetched = refused = 0
     with partner_app_client(db, standin_url, APP, SECRET) as client:
         adapters = {}
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             standin_url, order_ids = port_queue.get(timeout=120)
             if not args.cold:
                 _seed_poll_state(url, args.shops, args.busy, plan, app_key("tekmetric", APP))
-            db = Database(url, max_size=8, name="poll").open()
+            db = Database(url, max_size=8, name="poll", box=bench_box()).open()
             config = PollConfig(concurrency=args.concurrency)
             vendors = Vendors(shopmonkey_base_url="http://127.0.0.1:9", twilio_base_url=None, sendgrid_base_url=None,
                               public_base_url="http://127.0.0.1:9", secret_key="bench")

@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -220,9 +219,10 @@ def _generated(path: Path, make) -> str:
     return path.read_text().strip()
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process's settings; ConfigError (one line per bad variable) if any is unusable."""
+def load_settings() -> Settings:
+    """Settings read from the environment now; ConfigError (one line per bad variable) if
+    any is unusable. Each entry point (a CLI command, the receiver's app, the Dagster code
+    location) calls this once and passes the object on: nothing caches it for the process."""
     try:
         return Settings()
     except ValidationError as exc:
@@ -234,7 +234,9 @@ def connection_name(purpose: str) -> str:
     the connection is for, so pg_stat_activity can be counted per process and per use
     (docs/deployment.md). Connections opened without a name (Dagster's storage) get
     PGAPPNAME alone from libpq."""
-    process = (get_settings().process_name or "").strip()
+    # Read where libpq reads it (the environment), like libpq itself for the connections
+    # we do not name: a connection's name follows the process, not a settings object.
+    process = os.environ.get("PGAPPNAME", "").strip()
     return f"{process}/{purpose}"[:63] if process else purpose
 
 

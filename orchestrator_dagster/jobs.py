@@ -2,13 +2,12 @@
 
 import datetime as dt
 
-from dagster import Config, OpExecutionContext, in_process_executor, job, op
+from dagster import Config, HourlyPartitionsDefinition, JobDefinition, OpExecutionContext, in_process_executor, job, op
 
 from lead_orchestrator.services.ingest import claim_events, process_claimed_events
 from lead_orchestrator.redaction import redacted_errors
 from lead_orchestrator.services.touch_sweep import send_due_touches
 from orchestrator_dagster.history import LeadsHistory
-from orchestrator_dagster.touchpoint_windows import touchpoint_windows
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 from orchestrator_dagster.shop_selection import named_tenant_ids
 
@@ -21,7 +20,8 @@ MAX_EVENTS_PER_RUN = 5000
 def ingest_inbox_events(context: OpExecutionContext, database: DatabaseResource, vendors: VendorsResource) -> None:
     """Claims every pending inbox event (of all shops: one run, however many shops),
     processes it, and records a `leads` materialization per shop touched."""
-    db, clients = database.database(), vendors.vendors()
+    db = database.database()
+    clients = vendors.vendors(db)
     results = []
     try:
         while len(results) < MAX_EVENTS_PER_RUN:
@@ -59,7 +59,8 @@ def send_due_follow_ups(context: OpExecutionContext, config: FollowUpConfig, dat
     Owed means not sent yet: a window run twice, or backfilled, sends nothing twice."""
     window = context.partition_time_window
     now = dt.datetime.now(dt.timezone.utc)
-    db, clients = database.database(), vendors.vendors()
+    db = database.database()
+    clients = vendors.vendors(db)
     tenant_ids = named_tenant_ids(db, config.shops)
     try:
         report = send_due_touches(db, clients, now=now, due_before=min(window.end, now), tenant_ids=tenant_ids)
@@ -72,7 +73,12 @@ def send_due_follow_ups(context: OpExecutionContext, config: FollowUpConfig, dat
         context.log.exception("could not record the leads history")
 
 
-@job(partitions_def=touchpoint_windows, executor_def=in_process_executor,
-     description="Sends the follow-ups that are due, respecting send windows.")
-def touchpoints_job():
-    send_due_follow_ups()
+def build_touchpoints_job(windows: HourlyPartitionsDefinition) -> JobDefinition:
+    """The follow-up job over the deployment's windows (their first day is a setting)."""
+
+    @job(partitions_def=windows, executor_def=in_process_executor,
+         description="Sends the follow-ups that are due, respecting send windows.")
+    def touchpoints_job():
+        send_due_follow_ups()
+
+    return touchpoints_job

@@ -8,23 +8,34 @@ import os
 from dagster import ConfigurableResource
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.settings import TEKMETRIC_REAL_URL, base_url, get_settings
+from lead_orchestrator.settings import TEKMETRIC_REAL_URL, base_url
+from lead_orchestrator.store.secret_box import SecretBox, parse_keys
 from lead_orchestrator.services.shop_clients import Vendors
 
 _databases: dict[str, Database] = {}
 
 
 class DatabaseResource(ConfigurableResource):
-    """The application database (connections act as lead_app, so RLS applies)."""
+    """The application database (connections act as lead_app, so RLS applies) and the
+    keys to the shop secrets stored in it."""
 
     database_url: str
+    encryption_keys: str  # LEAD_ENCRYPTION_KEY: comma-separated Fernet keys, the newest first
+    pool_size: int = 2  # DAGSTER_DB_POOL_SIZE (docs/deployment.md counts the connections)
 
     def database(self) -> Database:
         # One pool per process: sensors tick often, and a run may use it from many ops.
         if self.database_url not in _databases:
-            size = get_settings().dagster_db_pool_size
-            _databases[self.database_url] = Database(self.database_url, max_size=size, name="dagster").open()
+            _databases[self.database_url] = Database(self.database_url, max_size=self.pool_size, name="dagster",
+                                                     box=SecretBox(parse_keys(self.encryption_keys))).open()
         return _databases[self.database_url]
+
+
+class RetentionPolicy(ConfigurableResource):
+    """How long finished runs (and runless check evaluations) and done inbox events are kept."""
+
+    run_retention_days: int = 30
+    inbox_retention_days: int = 365
 
 
 class VendorsResource(ConfigurableResource):
@@ -41,9 +52,12 @@ class VendorsResource(ConfigurableResource):
     # not when the definitions are imported), else Tekmetric's real host.
     tekmetric_base_url: str = ""
 
-    def vendors(self) -> Vendors:
+    def vendors(self, db: Database | None = None) -> Vendors:
+        """`db`: the run's database, through which a Tekmetric partner app's request budget
+        is shared with every other process (crm/app_budget.py)."""
         # The same check and normalisation as the Settings object (these come from EnvVar).
         return Vendors(
+            db=db,
             shopmonkey_base_url=base_url(self.shopmonkey_base_url, "SHOPMONKEY_BASE_URL"),
             twilio_base_url=base_url(self.twilio_api_base_url, "TWILIO_API_BASE_URL"),
             sendgrid_base_url=base_url(self.sendgrid_api_base_url, "SENDGRID_API_BASE_URL"),

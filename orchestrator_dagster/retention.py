@@ -18,9 +18,8 @@ from dagster import (AssetKey, DagsterInstance, DagsterRunStatus, OpExecutionCon
 
 from lead_orchestrator.store.inbox_retention import purge_done_events
 from lead_orchestrator.redaction import redacted_errors
-from lead_orchestrator.settings import get_settings
 from orchestrator_dagster.assets import LEADS_KEY
-from orchestrator_dagster.resources import DatabaseResource
+from orchestrator_dagster.resources import DatabaseResource, RetentionPolicy
 from orchestrator_dagster.schedules import daily_schedule
 
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
@@ -70,17 +69,16 @@ def purge_runless_check_evaluations(instance: DagsterInstance, before: dt.dateti
 
 @op
 @redacted_errors()
-def purge_old_records(context: OpExecutionContext, database: DatabaseResource) -> None:
-    settings = get_settings()
+def purge_old_records(context: OpExecutionContext, database: DatabaseResource, retention: RetentionPolicy) -> None:
     now = dt.datetime.now(dt.timezone.utc)
-    runs_before = now - dt.timedelta(days=settings.run_retention_days)
-    inbox_before = now - dt.timedelta(days=settings.inbox_retention_days)
+    runs_before = now - dt.timedelta(days=retention.run_retention_days)
+    inbox_before = now - dt.timedelta(days=retention.inbox_retention_days)
     runs = purge_runs(context.instance, runs_before, keep_run_id=context.run_id)
     checks = purge_runless_check_evaluations(context.instance, runs_before)
     events = purge_done_events(database.database(), inbox_before)
     context.log.info(f"deleted {runs} runs and {checks} check evaluations older than {runs_before:%Y-%m-%d} "
-                     f"({settings.run_retention_days} days), {events} done inbox events older than "
-                     f"{inbox_before:%Y-%m-%d} ({settings.inbox_retention_days} days)")
+                     f"({retention.run_retention_days} days), {events} done inbox events older than "
+                     f"{inbox_before:%Y-%m-%d} ({retention.inbox_retention_days} days)")
 
 
 @job(executor_def=in_process_executor,

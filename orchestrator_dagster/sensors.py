@@ -8,7 +8,6 @@ or stalled), or than BUSY_GRACE while it is working through a burst. Run keys ar
 so a tick that sees the same backlog twice requests nothing new.
 """
 
-import dataclasses
 import datetime as dt
 import functools
 
@@ -17,7 +16,8 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Sk
 from lead_orchestrator.services.poll import PollConfig, Shard, new_http_client, poll_cycle
 from lead_orchestrator.services.shop_clients import Vendors
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.store.secret_box import SecretBox, parse_keys
+from lead_orchestrator.settings import Settings
 from orchestrator_dagster.jobs import ingest_job
 from orchestrator_dagster.resources import DatabaseResource, VendorsResource
 
@@ -77,9 +77,10 @@ def _poll_http(concurrency: int):
 
 
 @functools.cache
-def _poll_database(url: str, connections: int) -> Database:
+def _poll_database(url: str, encryption_keys: str, connections: int) -> Database:
     # The poll's own pool: its workers must not queue behind the other sensors' connections.
-    return Database(url, min_size=1, max_size=connections, name="poll").open()
+    return Database(url, min_size=1, max_size=connections, name="poll",
+                    box=SecretBox(parse_keys(encryption_keys))).open()
 
 
 _poll_vendors_cache: dict[tuple, Vendors] = {}
@@ -89,14 +90,13 @@ def _poll_vendors(resource: VendorsResource, db: Database) -> Vendors:
     """One Vendors per configuration for the life of the code server, with the poll's
     database: its clients (a Tekmetric app's token, its budget shared through the
     database) outlive a tick."""
-    fresh = resource.vendors()
+    fresh = resource.vendors(db)
     key = (fresh.shopmonkey_base_url, fresh.twilio_base_url, fresh.sendgrid_base_url, fresh.tekmetric_base_url,
            fresh.public_base_url, fresh.secret_key, fresh.inbound_parse_domain, id(db))
-    return _poll_vendors_cache.setdefault(key, dataclasses.replace(fresh, db=db))
+    return _poll_vendors_cache.setdefault(key, fresh)
 
 
-def _poll_sensor(shard: Shard):
-    settings = get_settings()
+def _poll_sensor(shard: Shard, settings: Settings):
     name = "poll_sensor" if shard.count == 1 else f"poll_sensor_shard_{shard.index}"
     where = "every shop" if shard.count == 1 else f"the shops whose tenant id modulo {shard.count} is {shard.index}"
 
@@ -106,7 +106,7 @@ def _poll_sensor(shard: Shard):
                         "orders into the inbox (inbox_sensor then requests the ingest run).")
     def _poll(context: SensorEvaluationContext, database: DatabaseResource, vendors: VendorsResource):
         config = PollConfig(concurrency=settings.poll_concurrency)
-        db = _poll_database(database.database_url, settings.poll_db_connections)
+        db = _poll_database(database.database_url, database.encryption_keys, settings.poll_db_connections)
         cycle = poll_cycle(db, _poll_vendors(vendors, db), http=_poll_http(config.concurrency), config=config,
                            shard=shard)
         for shop in cycle.with_outcome("unauthorized") + cycle.with_outcome("failing") + cycle.with_outcome("error"):
@@ -116,5 +116,6 @@ def _poll_sensor(shard: Shard):
     return _poll
 
 
-poll_sensors = [_poll_sensor(Shard(i, get_settings().poll_shards)) for i in range(get_settings().poll_shards)]
-poll_sensor = poll_sensors[0]
+def build_poll_sensors(settings: Settings) -> list:
+    """One poll sensor per shard (POLL_SHARDS)."""
+    return [_poll_sensor(Shard(i, settings.poll_shards), settings) for i in range(settings.poll_shards)]

@@ -30,9 +30,11 @@ from pathlib import Path
 
 from dagster import HourlyPartitionsDefinition
 
-from lead_orchestrator.settings import _generated, get_settings
+from lead_orchestrator.settings import Settings, _generated
 
 START_FILE = "touchpoints_start_date"
+# A window's partition key, e.g. 2026-12-01-14:00 (HourlyPartitionsDefinition's own format).
+WINDOW_FORMAT = "%Y-%m-%d-%H:%M"
 
 
 def touchpoints_start_date(configured: str | None, dagster_home: Path | None, today: dt.date) -> dt.date:
@@ -50,8 +52,11 @@ def touchpoints_start_date(configured: str | None, dagster_home: Path | None, to
 def hourly_windows(start: dt.date) -> HourlyPartitionsDefinition:
     # end_offset=1: the hour in progress is a partition too. Without it a window exists only
     # once it has ended, and the ticks inside an hour would name a partition Dagster refuses.
-    return HourlyPartitionsDefinition(start_date=f"{start:%Y-%m-%d}-00:00", timezone="UTC", end_offset=1)
+    return HourlyPartitionsDefinition(start_date=f"{start:%Y-%m-%d}-00:00", timezone="UTC", end_offset=1,
+                                      fmt=WINDOW_FORMAT)
 
 
-touchpoint_windows = hourly_windows(touchpoints_start_date(
-    get_settings().touchpoints_start_date, get_settings().dagster_home, dt.datetime.now(dt.timezone.utc).date()))
+def touchpoint_windows(settings: Settings) -> HourlyPartitionsDefinition:
+    """The deployment's windows, from its settings (definitions.py)."""
+    return hourly_windows(touchpoints_start_date(settings.touchpoints_start_date, settings.dagster_home,
+                                                 dt.datetime.now(dt.timezone.utc).date()))

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.support import session_box
 from lead_orchestrator.store.shops import ShopChanges, create_shop
 
 UTC = dt.timezone.utc
@@ -27,20 +28,20 @@ def add_shop(admin: psycopg.Connection, slug: str, **overrides):
         "sendgrid_sender": "service@example-shop.com", "postal_address": "100 Main St, Austin, TX 78701",
         **overrides,
     })
-    return create_shop(admin, slug, f"Shop {slug}", changes)
+    return create_shop(admin, slug, f"Shop {slug}", changes, session_box())
 
 
 def add_lead(admin, shop_id: int, *, status: str = "active", reason: str | None = None, source: str = "webhook",
              created: dt.datetime | None = None, first_seen: dt.datetime, phone: str | None = "+13125550100",
              email: str | None = "dana@example.com", first_name: str = "Dana", last_name: str = "Lopez",
-             order_id: str | None = None, ended: dt.datetime | None = None) -> int:
+             order_id: str | None = None, ended: dt.datetime | None = None, crm: str = "shopmonkey") -> int:
     return admin.execute(
         """INSERT INTO leads (tenant_id, order_id, order_number, first_name, last_name, vehicle_name, total_cents,
                               phone_e164, email, status, status_reason, source, order_created_at, first_seen_at,
-                              ended_at)
-           VALUES (%s, %s, %s, %s, %s, '2018 Toyota Camry', 84950, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                              ended_at, crm)
+           VALUES (%s, %s, %s, %s, %s, '2018 Toyota Camry', 84950, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
         (shop_id, order_id or uuid.uuid4().hex[:20], str(uuid.uuid4().int % 100000), first_name, last_name, phone,
-         email, status, reason, source, created, first_seen, ended),
+         email, status, reason, source, created, first_seen, ended, crm),
     ).fetchone()["id"]
 
 
@@ -118,8 +119,9 @@ def build(admin) -> dict:
     touch(a, n, 0, "sms", "sent", "sent", due=T0 + 35 * S, sent_at=T0 + 35.5 * S)
     touch(a, n, 1, "sms", "cancelled", "not_sent", due=T0 + H, reason="lead_converted:authorized")
 
+    # From before the shop moved to Tekmetric: a lead keeps the CRM it came from.
     lead("no_contact", "not_qualified", status="disqualified", reason="no_contact", created=T0, first_seen=T0,
-         phone=None, email=None)
+         phone=None, email=None, crm="tekmetric")
 
     night = T0 + 13 * H  # 22:00 in Chicago: the first text waits for 08:00
     n = lead("deferred", "qualified", created=night, first_seen=night, email=None)

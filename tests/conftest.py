@@ -18,7 +18,7 @@ from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.settings import Settings
 from lead_orchestrator.store.shops import ShopChanges, create_shop
-from tests.support import ThreadedServer
+from tests.support import session_box, ThreadedServer
 
 # One encryption key for the whole session, this process and the Dagster processes it
 # starts: shop secrets are stored encrypted with it (never a key file in the work tree).
@@ -46,13 +46,13 @@ def pg(tmp_path_factory):
 @pytest.fixture(scope="session")
 def database_url(pg) -> str:
     url = pg[1]
-    apply_migrations(url)
+    apply_migrations(url, session_box())
     return url
 
 
 @pytest.fixture(scope="session")
 def db(database_url):
-    database = Database(database_url, max_size=8, name="tests").open()
+    database = Database(database_url, max_size=8, name="tests", box=session_box()).open()
     yield database
     database.close()
 
@@ -89,7 +89,7 @@ def make_shop(database_url):
             **overrides,
         })
         with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            return create_shop(conn, slug, name, changes)
+            return create_shop(conn, slug, name, changes, session_box())
 
     return make
 
@@ -106,7 +106,7 @@ def scratch_database(pg, prefix: str):
     with psycopg.connect(pg[0].url("postgres"), autocommit=True) as su:
         su.execute(f'CREATE DATABASE "{name}"')
     url = pg[0].url(name)
-    apply_migrations(url)
+    apply_migrations(url, session_box())
     try:
         yield url
     finally:

@@ -2,7 +2,9 @@
 what a running `lead-orchestrator up` reports."""
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import socket
 import threading
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import uvicorn
+
+from lead_orchestrator.store.secret_box import SecretBox, parse_keys
 
 T = TypeVar("T")
 
@@ -79,3 +83,10 @@ class UpReport:
 
     def database_url(self) -> str:
         return re.search(r'Database \(psql\)\s+\S+ "([^"]+)"', self.output()).group(1)
+
+
+@functools.cache
+def session_box() -> SecretBox:
+    """The keys to the shop secrets the test session stores (LEAD_ENCRYPTION_KEY, set by
+    conftest before anything starts; every process the tests start gets the same)."""
+    return SecretBox(parse_keys(os.environ["LEAD_ENCRYPTION_KEY"]))

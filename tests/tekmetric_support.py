@@ -6,6 +6,7 @@ import uuid
 
 import psycopg
 
+from tests.support import session_box
 from lead_orchestrator.store.crm_apps import get_crm_app, set_crm_app
 from lead_orchestrator.store.shops import get_shop, new_tekmetric_webhook_token
 
@@ -17,9 +18,9 @@ def configure_app(standins, database_url: str) -> tuple[str, str]:
     """Again for every test that needs it: other tests reset the session's stand-in."""
     standins.tekmetric.add_app(APP_CLIENT_ID, APP_SECRET)
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        stored = get_crm_app(conn, "tekmetric")
+        stored = get_crm_app(conn, "tekmetric", session_box())
         if stored is None or (stored.client_id, stored.client_secret.get_secret_value()) != (APP_CLIENT_ID, APP_SECRET):
-            set_crm_app(conn, "tekmetric", APP_CLIENT_ID, APP_SECRET)
+            set_crm_app(conn, "tekmetric", APP_CLIENT_ID, APP_SECRET, session_box())
     return APP_CLIENT_ID, APP_SECRET
 
 
@@ -33,7 +34,7 @@ def connect_tekmetric_shop(make_shop, standins, receiver_url: str, database_url:
     stand_in_shop = standins.tekmetric.add_shop(client_id=APP_CLIENT_ID)
     shop = make_shop(crm="tekmetric", tekmetric_shop_id=stand_in_shop.id, **overrides)
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        token = new_tekmetric_webhook_token(conn, shop.slug)
-        shop = get_shop(conn, shop.slug)
+        token = new_tekmetric_webhook_token(conn, shop.slug, session_box())
+        shop = get_shop(conn, shop.slug, session_box())
     standins.tekmetric.add_shop(stand_in_shop.id, webhook_url=webhook_url(receiver_url, token))
     return shop, token

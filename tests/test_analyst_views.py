@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.support import session_box
 from lead_orchestrator.store.shops import SECRET_FIELDS
 from tests.analyst_support import H, KEY_REFUSED, S, T0, build, built_database
 from tests.test_isolation import plain_owner_url  # noqa: F401 - a fresh cluster migrated by a plain user
@@ -74,10 +75,11 @@ def test_the_views_return_exactly_what_the_tables_hold(analyst, admin):
         row = rows[lead["id"]]
         assert (row["order_id"], row["order_number"], row["status"], row["status_reason"], row["source"],
                 row["order_created_at"], row["first_seen_at"], row["ended_at"], row["estimate_total_cents"],
-                row["customer_name"], row["reachable_by_sms"], row["reachable_by_email"]) == (
+                row["customer_name"], row["reachable_by_sms"], row["reachable_by_email"], row["crm"]) == (
             lead["order_id"], lead["order_number"], lead["status"], lead["status_reason"], lead["source"],
             lead["order_created_at"], lead["first_seen_at"], lead["ended_at"], lead["total_cents"],
-            f"{lead['first_name']} {lead['last_name']}", lead["phone_e164"] is not None, lead["email"] is not None)
+            f"{lead['first_name']} {lead['last_name']}", lead["phone_e164"] is not None, lead["email"] is not None,
+            lead["crm"])
 
 
 def test_messages_carry_their_delivery_outcome(analyst, analyst_db):
@@ -224,7 +226,7 @@ def test_the_views_see_every_shop_when_the_owner_is_not_a_superuser(plain_owner_
     is a superuser): on a managed PostgreSQL the migrating user is a plain one."""
     from lead_orchestrator.store.migrations import apply_migrations
 
-    apply_migrations(plain_owner_url)
+    apply_migrations(plain_owner_url, session_box())
     with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:
         assert not owner.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()["rolsuper"]
         data = build(owner)

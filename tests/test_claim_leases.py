@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from lead_orchestrator.store.db import Database
 from lead_orchestrator.services.ingest import claim_events
 from tests.conftest import scratch_database
-from tests.support import wait_for
+from tests.support import session_box, wait_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -31,7 +31,7 @@ def inbox(pg):
         admin = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         tenant = admin.execute("INSERT INTO tenants (slug, name) VALUES ('lease-shop', 'Lease shop') "
                                "RETURNING id").fetchone()["id"]
-        db = Database(url, max_size=2, name="leases").open()
+        db = Database(url, max_size=2, name="leases", box=session_box()).open()
 
         def add_event(**columns) -> int:
             values = {"tenant_id": tenant, "source": "webhook", "dedup_key": f"order:{os.urandom(6).hex()}:",

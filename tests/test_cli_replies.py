@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from lead_orchestrator.cli.main import main
-from lead_orchestrator.settings import Settings, get_settings
+from lead_orchestrator.settings import Settings
 from lead_orchestrator.runtime.stack import say_email_replies
 
 
@@ -23,11 +23,7 @@ def cli(database_url, settings, monkeypatch):
             monkeypatch.setenv("INBOUND_PARSE_DOMAIN", domain)
         else:
             monkeypatch.delenv("INBOUND_PARSE_DOMAIN", raising=False)
-        get_settings.cache_clear()
-        try:
-            return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        finally:
-            get_settings.cache_clear()
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return run
 

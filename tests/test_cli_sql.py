@@ -13,16 +13,13 @@ from click.testing import CliRunner
 
 from lead_orchestrator.cli import sql as cli_sql
 from lead_orchestrator.cli.main import main
-from lead_orchestrator.settings import get_settings
 
 
 @pytest.fixture
 def cli(database_url, settings, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
     yield lambda *args: CliRunner().invoke(main, list(args), catch_exceptions=False)
-    get_settings.cache_clear()
 
 
 def test_the_printed_url_reads_as_the_analyst(cli, make_shop):

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 from lead_orchestrator.cli.main import main
 from lead_orchestrator.cli.status import problems
-from lead_orchestrator.settings import get_settings
 from tests.analyst_support import H, KEY_REFUSED, S, T0, built_database
 
 
@@ -25,10 +24,8 @@ def status_db(pg):
 def cli(status_db, settings, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", status_db[0])
     monkeypatch.setenv("LEAD_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
     runner = CliRunner()
     yield lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-    get_settings.cache_clear()
 
 
 def test_status_as_json_gives_every_shops_figures(cli, status_db):

@@ -8,9 +8,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from tests.support import session_box
 from lead_orchestrator.cli.main import main
 from lead_orchestrator.domain.sequences import validate_sequence
-from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.shops import get_shop
 from lead_orchestrator.domain.templates import TemplateError, validate_template
 from lead_orchestrator.services.touch_sweep import send_due_touches
@@ -23,14 +23,12 @@ def cli(database_url, settings, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("PUBLIC_BASE_URL", "https://leads.example.com")
-    get_settings.cache_clear()
     runner = CliRunner()
     yield lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
-    get_settings.cache_clear()
 
 
 def shop_settings(admin, slug) -> dict:
-    return get_shop(admin, slug).settings
+    return get_shop(admin, slug, session_box()).settings
 
 
 @pytest.mark.parametrize("text,problem", [
@@ -110,7 +108,7 @@ def test_quiet_hours_are_set_and_checked(cli, make_shop, admin):
     assert wide.exit_code != 0 and "08:00-21:00" in wide.output
     assert cli("quiet-hours", shop.slug, "--holidays", "XX").exit_code != 0
     assert cli("quiet-hours", shop.slug, "--closed-days", "someday").exit_code != 0
-    assert get_shop(admin, shop.slug).send_window_start == dt.time(9, 0)
+    assert get_shop(admin, shop.slug, session_box()).send_window_start == dt.time(9, 0)
 
 
 def test_shops_update_checks_the_sendgrid_event_key(cli, make_shop, standins):
@@ -179,7 +177,7 @@ def test_the_link_merge_field_is_set_per_shop_and_required_by_templates_that_use
     assert json.loads(cli("templates", "link", shop.slug).output)["link"] == "https://book.example.com/gear"
     assert cli("templates", "set", shop.slug, "book_sms", "--body", "Book online: {{ link }}").exit_code == 0
     steps = [{"step": 0, "offset_minutes": 0, "channel": "sms", "template": "book_sms"}]
-    shop = get_shop(admin, shop.slug)
+    shop = get_shop(admin, shop.slug, session_box())
     from lead_orchestrator.domain.messages import compose
     from lead_orchestrator.domain.sequences import sequence_for
 

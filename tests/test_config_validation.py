@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr, ValidationError
 
+from tests.support import session_box
 from lead_orchestrator.cli.main import main
-from lead_orchestrator.settings import ConfigError, Settings, get_settings
+from lead_orchestrator.settings import ConfigError, Settings, load_settings
 from lead_orchestrator.store.shops import ShopCannotSend, ShopChanges, create_shop, get_shop, update_shop
 
 URL_VARIABLES = ("PUBLIC_BASE_URL", "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL",
@@ -43,12 +44,8 @@ def test_local_addresses_follow_the_ports_unless_set(monkeypatch):
 ])
 def test_a_bad_base_url_is_refused_naming_the_variable(variable, value, problem, monkeypatch):
     monkeypatch.setenv(variable, value)
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ConfigError) as caught:
-            get_settings()
-    finally:
-        get_settings.cache_clear()
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
     message = str(caught.value)
     assert variable in message and problem in message
     assert "hunter2" not in message
@@ -88,11 +85,7 @@ def test_the_dagster_resource_normalises_and_checks_the_same_way():
 
 def test_every_command_stops_with_the_error_and_no_traceback(monkeypatch):
     monkeypatch.setenv("PUBLIC_BASE_URL", "hooks.example.com")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(main, ["shops", "list"])
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(main, ["shops", "list"])
     assert result.exit_code == 1
     assert "PUBLIC_BASE_URL must start with http:// or https://" in result.output
     assert "Traceback" not in result.output
@@ -146,38 +139,36 @@ def test_an_active_shop_that_cannot_send_is_refused_and_nothing_is_written(admin
     slug = _slug()
     with pytest.raises(ShopCannotSend) as caught:
         create_shop(admin, slug, "Mute", ShopChanges(**{**SMS, "twilio_sender": None},
-                                                     **{**EMAIL, "postal_address": None}))
+                                                     **{**EMAIL, "postal_address": None}), session_box())
     message = str(caught.value)
     assert "SMS needs twilio_sender" in message and "email needs postal_address" in message
-    assert get_shop(admin, slug) is None
+    assert get_shop(admin, slug, session_box()) is None
 
 
 @pytest.mark.parametrize("changes", [SMS, EMAIL, {**SMS, **EMAIL}, {"active": False}], ids=["sms", "email", "both",
                                                                                             "inactive"])
 def test_a_shop_that_can_send_one_way_or_is_inactive_is_created(changes, admin):
     slug = _slug()
-    assert create_shop(admin, slug, slug, ShopChanges(**changes)).slug == slug
+    assert create_shop(admin, slug, slug, ShopChanges(**changes), session_box()).slug == slug
 
 
 def test_an_update_may_not_leave_an_active_shop_unable_to_send(admin):
     slug = _slug()
-    create_shop(admin, slug, slug, ShopChanges(active=False, webhook_secret="whsec_cfg_secret"))
+    create_shop(admin, slug, slug, ShopChanges(active=False, webhook_secret="whsec_cfg_secret"), session_box())
     with pytest.raises(ShopCannotSend):
-        update_shop(admin, slug, ShopChanges(active=True))
-    assert get_shop(admin, slug).active is False
+        update_shop(admin, slug, ShopChanges(active=True), session_box())
+    assert get_shop(admin, slug, session_box()).active is False
     # Unrelated changes of a shop that cannot send yet still go through ...
-    assert update_shop(admin, slug, ShopChanges(time_zone="America/Denver")).time_zone == "America/Denver"
+    assert update_shop(admin, slug, ShopChanges(time_zone="America/Denver"), session_box()).time_zone == "America/Denver"
     # ... and so does giving it a channel and activating it.
-    assert update_shop(admin, slug, ShopChanges(active=True, **EMAIL)).active is True
+    assert update_shop(admin, slug, ShopChanges(active=True, **EMAIL), session_box()).active is True
 
 
 @pytest.fixture
 def cli(database_url, settings, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
     yield lambda *args: CliRunner().invoke(main, list(args))
-    get_settings.cache_clear()
 
 
 def test_shops_add_refuses_a_malformed_sid_and_a_shop_that_cannot_send(cli, admin):
@@ -188,8 +179,8 @@ def test_shops_add_refuses_a_malformed_sid_and_a_shop_that_cannot_send(cli, admi
     mute = cli("shops", "add", slug, "--sendgrid-api-key", EMAIL["sendgrid_api_key"],
                "--sendgrid-sender", "service@example-shop.com")
     assert mute.exit_code == 1 and "email needs postal_address" in mute.output and "--inactive" in mute.output
-    assert get_shop(admin, slug) is None
+    assert get_shop(admin, slug, session_box()) is None
     ok = cli("shops", "add", slug, "--sendgrid-api-key", EMAIL["sendgrid_api_key"],
              "--sendgrid-sender", "service@example-shop.com", "--postal-address", EMAIL["postal_address"])
     assert ok.exit_code == 0, ok.output
-    assert get_shop(admin, slug).active is True
+    assert get_shop(admin, slug, session_box()).active is True

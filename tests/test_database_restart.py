@@ -21,7 +21,7 @@ from lead_orchestrator.runtime.embedded_pg import EmbeddedPostgres
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.store.shops import ShopChanges, create_shop
 from tests.conftest import sms_to
-from tests.support import ThreadedServer, wait_for
+from tests.support import session_box, ThreadedServer, wait_for
 from tests.test_receiver_shopmonkey import order_body, signed_headers
 
 
@@ -31,7 +31,7 @@ class Cluster:
     def __init__(self, path):
         self._embedded = EmbeddedPostgres(path).start()
         self.url = self._embedded.url()
-        apply_migrations(self.url)
+        apply_migrations(self.url, session_box())
 
     def stop(self) -> None:
         self._embedded._server.stop()  # pg_ctl stop -m fast: every session is ended
@@ -77,7 +77,7 @@ def _shop(url: str, standins=None):
         shop_phone="+15125550199", send_window_start="00:00", send_window_end="23:59:59",
         settings={"holiday_country": None})
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-        shop = create_shop(conn, slug, slug, changes)
+        shop = create_shop(conn, slug, slug, changes, session_box())
     if standins is not None:
         standins.shopmonkey.add_shop(shop.shopmonkey_api_key.get_secret_value())
         standins.twilio.add_account(shop.twilio_account_sid, shop.twilio_auth_token.get_secret_value())
@@ -108,7 +108,7 @@ def test_the_dispatcher_survives_a_database_restart(running, standins, vendors, 
 
     cluster = running
     shop = _shop(cluster.url, standins)
-    db = Database(cluster.url, max_size=6, name="restart-dispatcher").open()
+    db = Database(cluster.url, max_size=6, name="restart-dispatcher", box=session_box()).open()
     dispatcher = Dispatcher(db, vendors, workers=4)
     stop = threading.Event()
     thread = threading.Thread(target=dispatcher.run, args=(stop,), daemon=True)

@@ -17,7 +17,7 @@ from lead_orchestrator.store.inbox import store_event
 from lead_orchestrator.services.ingest import process_event, release_event
 from lead_orchestrator.store.shops import ShopChanges, update_shop
 from tests.conftest import emails_to, sms_to
-from tests.support import wait_for
+from tests.support import session_box, wait_for
 from tests.test_cli_touchpoints import cli  # noqa: F401 - the CLI fixture
 from tests.test_poll import new_order
 
@@ -141,7 +141,7 @@ def test_a_revoked_key_parks_the_shop_until_the_key_is_updated(db, vendors, stan
 
     standins.shopmonkey.restore_key(key)
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        update_shop(conn, shop.slug, ShopChanges(shopmonkey_api_key=key))  # the operator re-enters the key
+        update_shop(conn, shop.slug, ShopChanges(shopmonkey_api_key=key), session_box())  # the operator re-enters the key
     assert {_event(admin, shop, o["id"])["status"] for o in orders} == {"pending"}
     for event_id in events:
         assert _claim_and_process(db, vendors, admin, event_id, shop.id).outcome == "new_lead"

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from standardwebhooks import Webhook
 
 from tests.conftest import TENANT_TABLES, scratch_database
-from tests.support import ThreadedServer
+from tests.support import session_box, ThreadedServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 # The default suite draws the same cases every run (CI must not turn red by chance);
@@ -70,8 +70,8 @@ def _fuzz_setup(url: str, settings):
         secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         shops.append(create_shop(admin, slug, slug, ShopChanges(
             webhook_secret=secret, sendgrid_api_key="SG.fuzz-key-0123456789abcdef", sendgrid_sender="service@fuzz.example",
-            postal_address="1 Fuzz St, Austin, TX 78701")))  # an active shop must be able to send
-    db = Database(url, max_size=8, name="fuzz").open()
+            postal_address="1 Fuzz St, Austin, TX 78701"), session_box()))  # an active shop must be able to send
+    db = Database(url, max_size=8, name="fuzz", box=session_box()).open()
     app = create_app(settings.model_copy(update={"webhook_rate_limit": "1000000/second"}), db)
     with ThreadedServer(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
         yield {"server": server, "client": client, "admin": admin, "shop": shops[0], "other": shops[1]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import pytest
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, AssetSelection, build_sensor_context, materialize
@@ -41,7 +42,7 @@ def test_the_sensor_reports_each_check_with_the_failing_shop_and_its_reason(dags
                                                                              locked_out_shop, make_shop):
     healthy = make_shop()
     context = build_sensor_context(instance=dagster_instance, resources={"database": DatabaseResource(
-        database_url=database_url)})
+        database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])})
     result = health_checks_sensor.evaluate_tick(context)
     assert result.skip_message.startswith("reported")
 
@@ -60,7 +61,7 @@ def test_the_sensor_reports_each_check_with_the_failing_shop_and_its_reason(dags
     # Nothing changed: the next tick does not write the same results again.
     again = health_checks_sensor.evaluate_tick(build_sensor_context(
         instance=dagster_instance, cursor=result.cursor,
-        resources={"database": DatabaseResource(database_url=database_url)}))
+        resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])}))
     assert again.skip_message.startswith("unchanged")
     assert latest(dagster_instance, "stuck_events").id == stuck.id
 
@@ -70,7 +71,7 @@ def test_the_sensor_reports_each_check_with_the_failing_shop_and_its_reason(dags
         conn.execute("UPDATE poll_state SET health = 'ok'")
     third = health_checks_sensor.evaluate_tick(build_sensor_context(
         instance=dagster_instance, cursor=result.cursor,
-        resources={"database": DatabaseResource(database_url=database_url)}))
+        resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])}))
     assert third.skip_message.startswith("reported")
     assert locked_out_shop.slug not in problems_of(latest(dagster_instance, "stuck_events"))
     assert json.loads(third.cursor)["fingerprint"] != json.loads(result.cursor)["fingerprint"]
@@ -89,7 +90,7 @@ def test_runless_results_belong_to_the_latest_leads_materialization(dagster_inst
 def test_the_checks_run_as_a_job_too(dagster_instance, database_url, locked_out_shop):
     """What the UI's "Execute" button runs: the same evaluation, in a run."""
     result = materialize([leads, leads_health_checks], selection=AssetSelection.all_asset_checks(),
-                         instance=dagster_instance, resources={"database": DatabaseResource(database_url=database_url)})
+                         instance=dagster_instance, resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])})
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == set(CHECK_NAMES)

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 from yoyo import get_backend, read_migrations
 
+from tests.support import session_box
 from lead_orchestrator.store.db import Database, libpq_url
 from lead_orchestrator.store.inbox import NewEvent, insert_event
 from lead_orchestrator.store.migrations import apply_migrations, migrations_dir
@@ -65,7 +66,7 @@ def test_old_keys_are_rewritten_so_old_events_and_new_sightings_meet(pg):
                 (tenant, _old_key(o, t, op, s), op, t, o, status, f"was {status}")).fetchone()["id"]
                 for o, t, op, s, status in OLD_EVENTS]
 
-        assert "0016_inbox_crm" in apply_migrations(url)
+        assert "0016_inbox_crm" in apply_migrations(url, session_box())
 
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as owner:
             rows = {r["id"]: r for r in owner.execute("SELECT id, dedup_key, crm FROM inbox_events").fetchall()}
@@ -78,7 +79,7 @@ def test_old_keys_are_rewritten_so_old_events_and_new_sightings_meet(pg):
         assert expected[5] == "shopmonkey:order:o5:not a date"  # not a date: kept as sent
         assert {r["crm"] for r in rows.values()} == {"shopmonkey"}
 
-        db = Database(url, max_size=2, name="upgrade").open()
+        db = Database(url, max_size=2, name="upgrade", box=session_box()).open()
         try:
             with db.tenant_tx(tenant) as conn:
                 # A new sighting of the pending change merges with it...

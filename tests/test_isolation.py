@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.support import session_box
 from lead_orchestrator.store.db import Database, NotAppRole
 from lead_orchestrator.store.inbox import store_event
 from lead_orchestrator.services.touches import set_opt_out
@@ -195,7 +196,7 @@ def test_the_app_role_cannot_create_objects(admin):
 
 def test_the_tenant_does_not_outlive_its_transaction(database_url, two_tenants):
     a, *_ = two_tenants
-    single = Database(database_url, min_size=1, max_size=1, name="one-connection").open()
+    single = Database(database_url, min_size=1, max_size=1, name="one-connection", box=session_box()).open()
     try:
         with single.tenant_tx(a.id) as conn:
             assert conn.execute("SELECT current_tenant_id() AS t").fetchone()["t"] == a.id
@@ -210,7 +211,7 @@ def test_the_tenant_does_not_outlive_its_transaction(database_url, two_tenants):
 
 def test_a_connection_that_left_the_app_role_is_refused_and_dropped(database_url, two_tenants):
     a, *_ = two_tenants
-    single = Database(database_url, min_size=1, max_size=1, name="one-connection").open()
+    single = Database(database_url, min_size=1, max_size=1, name="one-connection", box=session_box()).open()
     try:
         with single.tenant_tx(a.id) as conn:
             conn.execute("RESET ROLE")  # a bug (or injected SQL) leaving the role behind
@@ -301,18 +302,18 @@ def test_a_non_superuser_owner_migrates_and_isolation_holds(plain_owner_url):
     from lead_orchestrator.store.migrations import apply_migrations
     from lead_orchestrator.store.shops import ShopChanges, create_shop, list_shops
 
-    assert apply_migrations(plain_owner_url)
-    assert apply_migrations(plain_owner_url) == []  # idempotent
+    assert apply_migrations(plain_owner_url, session_box())
+    assert apply_migrations(plain_owner_url, session_box()) == []  # idempotent
     with psycopg.connect(plain_owner_url, autocommit=True, row_factory=dict_row) as owner:
         assert owner.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
                              ).fetchone() == {"rolsuper": False, "rolbypassrls": False}
         email = {"sendgrid_api_key": "SG.plain-key-0123456789abcdef", "sendgrid_sender": "service@plain.example",
                  "postal_address": "1 Plain St, Austin, TX 78701"}  # an active shop must be able to send
-        a = create_shop(owner, "plain-a", "A", ShopChanges(webhook_secret="whsec_plain_a_secret", **email))
-        b = create_shop(owner, "plain-b", "B", ShopChanges(webhook_secret="whsec_plain_b_secret", **email))
+        a = create_shop(owner, "plain-a", "A", ShopChanges(webhook_secret="whsec_plain_a_secret", **email), session_box())
+        b = create_shop(owner, "plain-b", "B", ShopChanges(webhook_secret="whsec_plain_b_secret", **email), session_box())
         seed(owner, a.id), seed(owner, b.id)
-        assert {s.slug for s in list_shops(owner)} == {"plain-a", "plain-b"}  # the owner sees all
-    database = Database(plain_owner_url, max_size=2, name="plain").open()
+        assert {s.slug for s in list_shops(owner, session_box())} == {"plain-a", "plain-b"}  # the owner sees all
+    database = Database(plain_owner_url, max_size=2, name="plain", box=session_box()).open()
     try:
         with database.system_tx() as conn:
             for table in TENANT_TABLES:

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 
+from tests.support import session_box
 from lead_orchestrator.services.poll import poll_cycle
 from lead_orchestrator.store.shops import load_shop
 from lead_orchestrator.services.touches import due_touch_ids, send_touch
@@ -65,7 +66,7 @@ def test_order_change_after_the_first_touch_ends_the_sequence(change, path, db, 
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=5)
     with db.tenant_tx(shop.id) as conn:
         assert due_touch_ids(conn, later, lead_id=lead["id"]) == []
-        shop_row = load_shop(conn, shop.id)
+        shop_row = load_shop(conn, shop.id, session_box())
         ids = [r["id"] for r in conn.execute("SELECT id FROM touches WHERE lead_id = %s", (lead["id"],)).fetchall()]
     assert {send_touch(db, shop_row, touch_id, vendors, now=later).reason for touch_id in ids} == {"not_pending"}
     assert len(sms_to(standins, order["phone"])) == 1

@@ -171,7 +171,6 @@ def test_the_poll_command_polls_named_shops_or_a_shard_and_refuses_a_bad_shard(p
     from click.testing import CliRunner
 
     from lead_orchestrator.cli.main import main
-    from lead_orchestrator.settings import get_settings
 
     url, database = poll_db
     keys = _shops(url, standins, 2)
@@ -181,18 +180,14 @@ def test_the_poll_command_polls_named_shops_or_a_shard_and_refuses_a_bad_shard(p
     for name, value in {"DATABASE_URL": url, "LEAD_DATA_DIR": str(settings.data_dir), "APP_SECRET_KEY": "cli-test",
                         "SHOPMONKEY_BASE_URL": standins.shopmonkey_url}.items():
         monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
     runner = CliRunner()
-    try:
-        named = runner.invoke(main, ["poll", "--shop", slug], catch_exceptions=False)
-        assert named.exit_code == 0 and "polled 1/1 due shops" in named.output, named.output
-        before = _requests_by_key(standins, keys)
-        # Shard 2 of 2 holds the odd tenant ids: of these two shops, exactly one.
-        sharded = runner.invoke(main, ["poll", "--once", "--shard", "2/2"], catch_exceptions=False)
-        assert sharded.exit_code == 0 and "polled 1/1 due shops (shard 2/2)" in sharded.output, sharded.output
-        after = _requests_by_key(standins, keys)
-        assert [t for t in keys if after[t] > before[t]] == [t for t in keys if t % 2 == 1]
-        wrong = runner.invoke(main, ["poll", "--shard", "3/2"])
-        assert wrong.exit_code == 2 and "I/N" in wrong.output
-    finally:
-        get_settings.cache_clear()
+    named = runner.invoke(main, ["poll", "--shop", slug], catch_exceptions=False)
+    assert named.exit_code == 0 and "polled 1/1 due shops" in named.output, named.output
+    before = _requests_by_key(standins, keys)
+    # Shard 2 of 2 holds the odd tenant ids: of these two shops, exactly one.
+    sharded = runner.invoke(main, ["poll", "--once", "--shard", "2/2"], catch_exceptions=False)
+    assert sharded.exit_code == 0 and "polled 1/1 due shops (shard 2/2)" in sharded.output, sharded.output
+    after = _requests_by_key(standins, keys)
+    assert [t for t in keys if after[t] > before[t]] == [t for t in keys if t % 2 == 1]
+    wrong = runner.invoke(main, ["poll", "--shard", "3/2"])
+    assert wrong.exit_code == 2 and "I/N" in wrong.output

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support import session_box
 from lead_orchestrator.crm.app_budget import AppBudget, app_key
 from lead_orchestrator.crm.errors import CrmRateLimited
 from lead_orchestrator.crm.tekmetric import TekmetricAdapter, TekmetricClient, partner_app_client, plan_poll
@@ -139,7 +140,7 @@ def test_a_short_budget_keeps_busy_shops_at_30_seconds_and_spaces_the_quiet_ones
 
 def test_the_app_budget_is_one_for_every_process(poll_db):
     url, database = poll_db
-    other = Database(url, max_size=2, name="other-process").open()
+    other = Database(url, max_size=2, name="other-process", box=session_box()).open()
     try:
         # 60 a minute (57 let through: a request every 1.05 s), a burst of 2, never waiting.
         one, two = (AppBudget(db, "tekmetric:shared", 60, burst=2, max_wait_s=0) for db in (database, other))

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from lead_orchestrator.store.db import Database
 from tests.analyst_support import add_shop, set_poll_state
 from tests.conftest import scratch_database
-from tests.support import ThreadedServer
+from tests.support import session_box, ThreadedServer
 from webhook_receiver.main import create_app
 
 REFERENCES = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|(?:url)\s*:\s*["']([^"']+)["']""")
@@ -68,7 +68,7 @@ def crm_health_db(pg):
 
 
 def test_readyz_is_degraded_while_a_shop_cannot_reach_its_crm(crm_health_db, settings):
-    db = Database(crm_health_db, max_size=2, name="readyz").open()
+    db = Database(crm_health_db, max_size=2, name="readyz", box=session_box()).open()
     try:
         with psycopg.connect(crm_health_db, autocommit=True, row_factory=dict_row) as admin:
             ok, refused, failing = (add_shop(admin, slug) for slug in ("ready-ok", "ready-refused", "ready-failing"))

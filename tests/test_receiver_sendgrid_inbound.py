@@ -256,17 +256,12 @@ def test_why_shows_the_reply_and_the_touches_it_cancelled(emailed, standins, dat
     from click.testing import CliRunner
 
     from lead_orchestrator.cli.main import main
-    from lead_orchestrator.settings import get_settings
-
+    
     shop, lead, email, sent = emailed
     customer_replies(standins, sent, text="Book it please")
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(settings.data_dir))
-    get_settings.cache_clear()
-    try:
-        out = CliRunner().invoke(main, ["why", shop.slug, lead["order_id"]], catch_exceptions=False).output
-    finally:
-        get_settings.cache_clear()
+    out = CliRunner().invoke(main, ["why", shop.slug, lead["order_id"]], catch_exceptions=False).output
     assert f"customer emailed from {email} (subject 'Re: {sent['subject']}'): 'Book it please'" in out
     assert "lead stopped: replied, 3 pending touch(es) cancelled" in out
     assert "not sent: 1:sms, 2:email, 3:sms (lead_stopped:replied)" in out

@@ -13,7 +13,7 @@ import pytest
 from lead_orchestrator import redaction
 from lead_orchestrator.crm.tekmetric.webhooks import new_webhook_token
 from lead_orchestrator.store.shops import ShopChanges, update_shop
-from tests.support import wait_for
+from tests.support import session_box, wait_for
 from tests.tekmetric_support import webhook_url
 from tests.test_receiver_guards import app_with, assert_error_body  # noqa: F401 (fixture)
 
@@ -65,7 +65,7 @@ def test_a_wrong_or_missing_url_token_is_401_and_nothing_is_stored(receiver, sta
     answer = httpx.post(url_of(standins, other), json=body, timeout=10)
     assert answer.status_code == 200 and answer.json()["status"] == "ignored"
     # An inactive shop's URL stops working.
-    update_shop(admin, other.slug, ShopChanges(active=False))
+    update_shop(admin, other.slug, ShopChanges(active=False), session_box())
     assert httpx.post(url_of(standins, other), json=body, timeout=10).status_code == 401
     assert all_events(admin) == before
 

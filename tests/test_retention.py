@@ -5,6 +5,7 @@ session's shared instance would pull them from under other tests."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from dagster import (AssetCheckEvaluation, AssetCheckKey, AssetKey, AssetMaterialization, DagsterInstance, job, op)
@@ -93,6 +94,6 @@ def test_old_done_inbox_events_go_and_everything_else_stays(db, make_shop, admin
 def test_the_retention_job_runs(own_instance, database_url):
     job_def = defs.get_job_def("retention_job")
     result = job_def.execute_in_process(instance=own_instance,
-                                        resources={"database": DatabaseResource(database_url=database_url)})
+                                        resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])})
     assert result.success
     assert retention_schedule.cron_schedule == "30 9 * * *" and retention_schedule.job_name == "retention_job"

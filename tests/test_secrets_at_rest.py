@@ -16,8 +16,9 @@ from cryptography.fernet import Fernet
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
+from tests.support import session_box
 from lead_orchestrator import redaction
-from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError, default_box
+from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError
 from lead_orchestrator.store.shops import (SECRET_FIELDS, ShopChanges, create_shop, get_shop, list_shops, load_shop,
                                      update_shop)
 
@@ -41,7 +42,7 @@ def raw_row(conn, slug: str) -> dict:
 def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admin, db):
     secrets = unique("readers")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    created = create_shop(admin, slug, "Encrypted", ShopChanges(**secrets, active=False))
+    created = create_shop(admin, slug, "Encrypted", ShopChanges(**secrets, active=False), session_box())
     stored = raw_row(admin, slug)
     for field, value in secrets.items():
         assert stored[field].startswith("fernet:"), field
@@ -53,9 +54,9 @@ def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admi
             hit = admin.execute(f"SELECT count(*) AS n FROM {table} t WHERE t::text LIKE %s",
                                 (f"%{value}%",)).fetchone()
             assert hit["n"] == 0
-    readers = [get_shop(admin, slug), next(s for s in list_shops(admin) if s.slug == slug)]
+    readers = [get_shop(admin, slug, session_box()), next(s for s in list_shops(admin, session_box()) if s.slug == slug)]
     with db.tenant_tx(created.id) as conn:  # the application's path, as lead_app
-        readers.append(load_shop(conn, created.id))
+        readers.append(load_shop(conn, created.id, session_box()))
     for shop in readers:
         assert {f: getattr(shop, f).get_secret_value() for f in SECRET_FIELDS} == secrets
 
@@ -63,9 +64,9 @@ def test_secrets_are_ciphertext_in_the_table_and_plain_through_every_reader(admi
 def test_update_encrypts_the_new_value_and_keeps_the_others(admin):
     secrets = unique("update")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug, "Update", ShopChanges(**secrets, active=False))
+    create_shop(admin, slug, "Update", ShopChanges(**secrets, active=False), session_box())
     before = raw_row(admin, slug)
-    shop = update_shop(admin, slug, ShopChanges(twilio_auth_token="tw-rotated-token-0123456789"))
+    shop = update_shop(admin, slug, ShopChanges(twilio_auth_token="tw-rotated-token-0123456789"), session_box())
     after = raw_row(admin, slug)
     assert shop.twilio_auth_token.get_secret_value() == "tw-rotated-token-0123456789"
     assert after["twilio_auth_token"].startswith("fernet:") and "rotated" not in after["twilio_auth_token"]
@@ -76,15 +77,15 @@ def test_update_encrypts_the_new_value_and_keeps_the_others(admin):
 
 def test_ciphertexts_differ_for_equal_secrets(admin):
     slug_a, slug_b = "enc-" + uuid.uuid4().hex[:8], "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug_a, "A", ShopChanges(webhook_secret="whsec_same_value_123", active=False))
-    create_shop(admin, slug_b, "B", ShopChanges(webhook_secret="whsec_same_value_123", active=False))
+    create_shop(admin, slug_a, "A", ShopChanges(webhook_secret="whsec_same_value_123", active=False), session_box())
+    create_shop(admin, slug_b, "B", ShopChanges(webhook_secret="whsec_same_value_123", active=False), session_box())
     assert raw_row(admin, slug_a)["webhook_secret"] != raw_row(admin, slug_b)["webhook_secret"]
 
 
 def test_a_wrong_key_fails_clearly_without_the_value(admin):
     secrets = unique("wrongkey")
     slug = "enc-" + uuid.uuid4().hex[:8]
-    create_shop(admin, slug, "Wrong key", ShopChanges(**secrets, active=False))
+    create_shop(admin, slug, "Wrong key", ShopChanges(**secrets, active=False), session_box())
     with pytest.raises(SecretKeyError) as caught:
         get_shop(admin, slug, SecretBox([Fernet.generate_key().decode()]))
     message = str(caught.value)
@@ -123,14 +124,14 @@ def test_plaintext_rows_from_before_are_encrypted_by_the_migration_step(scratch_
         conn.execute("INSERT INTO tenants (slug, name) VALUES ('no-secrets', 'None')")
         assert raw_row(conn, "legacy") == secrets
         # Readable meanwhile (so a deploy does not break between code and migration).
-        assert get_shop(conn, "legacy").webhook_secret.get_secret_value() == secrets["webhook_secret"]
-        apply_migrations(scratch_url)
+        assert get_shop(conn, "legacy", session_box()).webhook_secret.get_secret_value() == secrets["webhook_secret"]
+        apply_migrations(scratch_url, session_box())
         stored = raw_row(conn, "legacy")
         assert all(v.startswith("fernet:") for v in stored.values())
         assert raw_row(conn, "no-secrets") == dict.fromkeys(SECRET_FIELDS)
-        shop = get_shop(conn, "legacy")
+        shop = get_shop(conn, "legacy", session_box())
         assert {f: getattr(shop, f).get_secret_value() for f in SECRET_FIELDS} == secrets
-        apply_migrations(scratch_url)
+        apply_migrations(scratch_url, session_box())
         assert raw_row(conn, "legacy") == stored  # nothing left to do: untouched
 
 
@@ -160,20 +161,9 @@ def test_rotation_re_encrypts_every_row_under_the_new_key(scratch_url):
 
 @pytest.fixture
 def cli_env(scratch_url, tmp_path, monkeypatch):
-    from lead_orchestrator import settings as settings_module
-    from lead_orchestrator.store import secret_box
-
     monkeypatch.setenv("DATABASE_URL", scratch_url)
     monkeypatch.setenv("LEAD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)  # no .env of the work tree
-
-    def clear():
-        settings_module.get_settings.cache_clear()
-        secret_box.default_box.cache_clear()
-
-    clear()
-    yield clear
-    clear()
 
 
 def _cli(*args) -> str:
@@ -187,7 +177,6 @@ def _cli(*args) -> str:
 def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, scratch_url):
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     monkeypatch.setenv("LEAD_ENCRYPTION_KEY", old)
-    cli_env()
     secrets = unique("cli")
     out = _cli("shops", "add", "cli-shop", "--inactive", "--webhook-secret", secrets["webhook_secret"],
                "--twilio-auth-token", secrets["twilio_auth_token"])
@@ -195,7 +184,6 @@ def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, sc
     assert not any(v in out for v in secrets.values())
 
     monkeypatch.setenv("LEAD_ENCRYPTION_KEY", f"{new},{old}")
-    cli_env()
     out = _cli("rotate-encryption-key")
     assert "re-encrypted 2 secret(s)" in out and "remove the older key" in out
     assert new not in out and old not in out
@@ -204,7 +192,6 @@ def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, sc
     assert shop.webhook_secret.get_secret_value() == secrets["webhook_secret"]
 
     monkeypatch.setenv("LEAD_ENCRYPTION_KEY", new)  # the old key retired
-    cli_env()
     shown = _cli("shops", "show", "cli-shop")
     assert json.loads(shown)["twilio_auth_token"] == "set"
     assert not any(v in shown for v in secrets.values())
@@ -212,7 +199,6 @@ def test_rotate_encryption_key_command_with_the_env_key(cli_env, monkeypatch, sc
 
 def test_rotate_encryption_key_command_in_local_mode_replaces_the_key_file(cli_env, monkeypatch, scratch_url, tmp_path):
     monkeypatch.delenv("LEAD_ENCRYPTION_KEY", raising=False)
-    cli_env()
     _cli("shops", "add", "local-shop", "--inactive", "--sendgrid-api-key", "SG.local-mode-secret-0123456789")
     key_file = tmp_path / "data" / "encryption_key"
     first = key_file.read_text().strip()
@@ -245,7 +231,7 @@ def test_secret_fields_never_print(make_shop):
     with pytest.raises(ValidationError) as caught:
         ShopChanges(webhook_secret=values[1], time_zone="Not/AZone")
     assert values[1] not in str(caught.value)
-    assert repr(default_box()).count("key") == 1 and "=" not in repr(default_box())
+    assert repr(session_box()).count("key") == 1 and "=" not in repr(session_box())
 
 
 def test_known_secrets_are_redacted_from_log_records(make_shop, caplog):

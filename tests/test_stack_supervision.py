@@ -17,7 +17,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support import UpReport, free_port, wait_for
+from tests.support import session_box, UpReport, free_port, wait_for
 
 STACK_ENV_DROPPED = ("DATABASE_URL", "TEST_DATABASE_URL", "DAGSTER_HOME", "PUBLIC_BASE_URL", "LEAD_VENDORS",
                      "SHOPMONKEY_BASE_URL", "TWILIO_API_BASE_URL", "SENDGRID_API_BASE_URL", "TEKMETRIC_BASE_URL")
@@ -138,7 +138,7 @@ def _demo_shop(stack: Stack, slug: str):
     from lead_orchestrator.store.shops import get_shop
 
     with psycopg.connect(stack.database_url(), row_factory=psycopg.rows.dict_row) as conn:
-        return get_shop(conn, slug)
+        return get_shop(conn, slug, session_box())
 
 
 def test_a_child_that_cannot_start_is_a_crash_loop_and_the_others_keep_serving(stack):

@@ -11,6 +11,7 @@ partner app parks events until `crm-app set` releases them."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import psycopg
 import pytest
@@ -23,7 +24,7 @@ from lead_orchestrator.store.crm_apps import set_crm_app
 # code location must read TEKMETRIC_BASE_URL when it runs, not when it is imported.
 from orchestrator_dagster.definitions import defs
 from tests.conftest import emails_to, sms_to
-from tests.support import wait_for
+from tests.support import session_box, wait_for
 from tests.tekmetric_support import APP_CLIENT_ID, APP_SECRET, configure_app
 from tests.test_cli_touchpoints import cli  # noqa: F401 - the CLI fixture
 from tests.test_dispatcher import running_dispatcher  # noqa: F401 - the fast path, as a fixture
@@ -224,7 +225,7 @@ def test_the_dagster_history_and_checks_see_the_tekmetric_shop(dagster_instance,
         parked = admin.execute("SELECT status, error FROM inbox_events WHERE tenant_id = %s", (shop.id,)).fetchone()
         assert parked["status"] == "parked", parked
         context = build_sensor_context(instance=dagster_instance,
-                                       resources={"database": DatabaseResource(database_url=database_url)})
+                                       resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])})
         health_checks_sensor.evaluate_tick(context)
         key = AssetCheckKey(AssetKey("leads"), "stuck_events")
         stuck = dagster_instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
@@ -235,7 +236,7 @@ def test_the_dagster_history_and_checks_see_the_tekmetric_shop(dagster_instance,
     # The app's credentials stored again (as after fixing them): what waited is released,
     # and an ingest run makes the lead and records it in the shop's partition.
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        assert set_crm_app(conn, "tekmetric", APP_CLIENT_ID, APP_SECRET) >= 1
+        assert set_crm_app(conn, "tekmetric", APP_CLIENT_ID, APP_SECRET, session_box()) >= 1
     result = defs.get_job_def("ingest_job").execute_in_process(instance=dagster_instance)
     assert result.success
     assert lead_of(admin, shop, made["order"]["id"])["status"] == "active"

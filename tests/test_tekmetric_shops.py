@@ -16,12 +16,11 @@ from click.testing import CliRunner
 from psycopg.rows import dict_row
 from yoyo import get_backend, read_migrations
 
+from tests.support import session_box
 from lead_orchestrator.cli.main import main
 from lead_orchestrator.crm.tekmetric.webhooks import token_sha256
-from lead_orchestrator.settings import get_settings
 from lead_orchestrator.store.db import Database, libpq_url
 from lead_orchestrator.store.migrations import apply_migrations, migrations_dir
-from lead_orchestrator.store.secret_box import default_box
 from lead_orchestrator.store.shops import (ShopChanges, ShopWrongCrm, TekmetricCredentials, create_shop, get_shop,
                                            load_shop, update_shop)
 from tests.tekmetric_support import APP_CLIENT_ID
@@ -53,7 +52,7 @@ def apply_migrations_before(url: str, first_excluded: str) -> list[str]:
 
 
 def test_an_existing_database_upgrades_without_losing_a_shopmonkey_key(pg, database_url, standins, vendors):
-    box = default_box()
+    box = session_box()
     with empty_database(pg) as url:
         applied = apply_migrations_before(url, FIRST_NEW_MIGRATION)
         assert applied and all(m < FIRST_NEW_MIGRATION for m in applied)
@@ -72,7 +71,7 @@ def test_an_existing_database_upgrades_without_losing_a_shopmonkey_key(pg, datab
                          "'sm-plain-text-key-from-before-encryption')")
             conn.execute("INSERT INTO tenants (slug, name) VALUES ('no-key', 'No key')")
 
-        assert FIRST_NEW_MIGRATION in " ".join(apply_migrations(url))
+        assert FIRST_NEW_MIGRATION in " ".join(apply_migrations(url, session_box()))
 
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             columns = {r["column_name"] for r in conn.execute(
@@ -84,7 +83,7 @@ def test_an_existing_database_upgrades_without_losing_a_shopmonkey_key(pg, datab
             assert {slug: carried[slug] for slug in old} == stored  # the same ciphertext, moved as it was
             assert carried["plain-old"][0].startswith("fernet:")  # the migration step encrypted the plain one
             assert "no-key" not in carried
-            shops = {slug: get_shop(conn, slug) for slug in (*old, "plain-old", "no-key")}
+            shops = {slug: get_shop(conn, slug, session_box()) for slug in (*old, "plain-old", "no-key")}
         for slug, given in old.items():
             shop = shops[slug]
             assert shop.crm == "shopmonkey"
@@ -96,11 +95,11 @@ def test_an_existing_database_upgrades_without_losing_a_shopmonkey_key(pg, datab
 
         # The application's path (lead_app, row-level security) reads them too, and the shop
         # still fetches its orders from ShopMonkey with its carried-over key.
-        database = Database(url, max_size=2, name="upgrade-test").open()
+        database = Database(url, max_size=2, name="upgrade-test", box=session_box()).open()
         try:
             shop = shops["old-0"]
             with database.tenant_tx(shop.id) as conn:
-                loaded = load_shop(conn, shop.id)
+                loaded = load_shop(conn, shop.id, session_box())
                 visible = conn.execute("SELECT count(*) AS n FROM shopmonkey_credentials").fetchone()["n"]
             assert loaded.shopmonkey_api_key.get_secret_value() == old["old-0"]["key"] and visible == 1
             standins.shopmonkey.add_shop(old["old-0"]["key"])
@@ -115,19 +114,19 @@ def test_credentials_of_another_crm_are_refused_and_nothing_is_written(admin, ma
     slug = "tm-" + uuid.uuid4().hex[:8]
     with pytest.raises(ShopWrongCrm, match="--shopmonkey-api-key"):
         create_shop(admin, slug, "x", ShopChanges(crm="tekmetric", tekmetric_shop_id=5, shopmonkey_api_key="k" * 20,
-                                                  active=False))
+                                                  active=False), session_box())
     with pytest.raises(ShopWrongCrm, match="Tekmetric shop id"):
-        create_shop(admin, slug, "x", ShopChanges(crm="tekmetric", active=False))
-    assert get_shop(admin, slug) is None
+        create_shop(admin, slug, "x", ShopChanges(crm="tekmetric", active=False), session_box())
+    assert get_shop(admin, slug, session_box()) is None
     shopmonkey_shop = make_shop()
     with pytest.raises(ShopWrongCrm, match="--tekmetric-shop-id"):
-        update_shop(admin, shopmonkey_shop.slug, ShopChanges(tekmetric_shop_id=5))
-    assert get_shop(admin, shopmonkey_shop.slug) == shopmonkey_shop
+        update_shop(admin, shopmonkey_shop.slug, ShopChanges(tekmetric_shop_id=5), session_box())
+    assert get_shop(admin, shopmonkey_shop.slug, session_box()) == shopmonkey_shop
 
 
 def test_a_shop_moves_from_shopmonkey_to_tekmetric(admin, make_shop):
     shop = make_shop()
-    moved = update_shop(admin, shop.slug, ShopChanges(crm="tekmetric", tekmetric_shop_id=4242))
+    moved = update_shop(admin, shop.slug, ShopChanges(crm="tekmetric", tekmetric_shop_id=4242), session_box())
     assert moved.crm == "tekmetric" and moved.credentials.shop_id == 4242
     assert moved.shopmonkey_api_key is None and moved.twilio_auth_token == shop.twilio_auth_token
     left = admin.execute("SELECT count(*) AS n FROM shopmonkey_credentials WHERE tenant_id = %s",
@@ -145,11 +144,7 @@ def cli(database_url, settings, standins, receiver, monkeypatch, tmp_path):
         monkeypatch.setenv("PUBLIC_BASE_URL", receiver.url)
         monkeypatch.setenv("TEKMETRIC_BASE_URL", standins.tekmetric_url)
         monkeypatch.chdir(tmp_path)  # no .env of the work tree
-        get_settings.cache_clear()
-        try:
-            result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        finally:
-            get_settings.cache_clear()
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
         assert (result.exit_code == 0) == ok, result.output
         return result
 
@@ -210,11 +205,11 @@ def test_shops_add_refuses_a_tekmetric_shop_outside_the_apps_scope(cli, admin, s
     result = cli("shops", "add", slug, "--crm", "tekmetric", "--tekmetric-shop-id", outsider.id, *SENDING, ok=False)
     assert f"Tekmetric shop {outsider.id} has not connected the partner app" in result.output
     assert "Integrations" in result.output
-    assert get_shop(admin, slug) is None
+    assert get_shop(admin, slug, session_box()) is None
     # A shop may be added before it connects the app, when the administrator says so.
     cli("shops", "add", slug, "--crm", "tekmetric", "--tekmetric-shop-id", outsider.id, "--skip-scope-check",
         "--inactive")
-    assert isinstance(get_shop(admin, slug).credentials, TekmetricCredentials)
+    assert isinstance(get_shop(admin, slug, session_box()).credentials, TekmetricCredentials)
 
 
 def test_shops_add_refuses_shopmonkey_options_for_a_tekmetric_shop(cli, admin):
@@ -222,4 +217,4 @@ def test_shops_add_refuses_shopmonkey_options_for_a_tekmetric_shop(cli, admin):
     result = cli("shops", "add", slug, "--crm", "tekmetric", "--tekmetric-shop-id", "12", "--shopmonkey-api-key",
                  "sm-key-0123456789", "--inactive", ok=False)
     assert "--shopmonkey-api-key is not for a tekmetric shop" in result.output
-    assert get_shop(admin, slug) is None
+    assert get_shop(admin, slug, session_box()) is None

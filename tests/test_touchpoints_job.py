@@ -8,8 +8,10 @@ import datetime as dt
 from dagster import DagsterRunStatus, RunsFilter, build_schedule_context
 
 from orchestrator_dagster.definitions import defs
-from orchestrator_dagster.touchpoint_windows import hourly_windows, touchpoint_windows
-from orchestrator_dagster.schedules import touchpoints_schedule, window_for_tick
+from orchestrator_dagster.touchpoint_windows import WINDOW_FORMAT, hourly_windows
+from orchestrator_dagster.schedules import window_for_tick
+
+touchpoints_schedule = defs.resolve_schedule_def("touchpoints_schedule")
 from tests.conftest import emails_to, sms_to
 from tests.touchpoint_support import UTC, insert_lead, touches_of, unique_email, unique_phone
 
@@ -28,7 +30,7 @@ def test_a_window_sends_what_it_owes_and_a_backfill_of_it_sends_nothing(dagster_
                                                                         standins, admin):
     now = dt.datetime.now(UTC)
     window = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)  # the last full hour
-    partition = window.strftime(touchpoint_windows.fmt)
+    partition = window.strftime(WINDOW_FORMAT)
     shop = connected_shop(settings={"holiday_country": None, "sequence": STEPS})
     customers = [(unique_phone(), unique_email()) for _ in range(2)]
     leads = [insert_lead(db, shop, first_seen=window + dt.timedelta(minutes=m), phone=p, email=e)
@@ -48,7 +50,7 @@ def test_a_window_sends_what_it_owes_and_a_backfill_of_it_sends_nothing(dagster_
         assert touches[(2, "sms")]["status"] == "scheduled"
 
     # Backfilling the same window again, and the one before it: nothing more goes out.
-    earlier = (window - dt.timedelta(hours=1)).strftime(touchpoint_windows.fmt)
+    earlier = (window - dt.timedelta(hours=1)).strftime(WINDOW_FORMAT)
     ours = [first.run_id]
     for key in (partition, earlier, partition):
         result = run_window(dagster_instance, key, shop.slug)

@@ -164,12 +164,14 @@ def settle_sms_callbacks(admin, lead_id: int, step: int = 0) -> None:
 KILLED_SENDER = """
 import datetime as dt, os, sys
 from lead_orchestrator.store.db import Database
+from lead_orchestrator.store.secret_box import SecretBox, parse_keys
 from lead_orchestrator.store.shops import load_shop
 from lead_orchestrator.services.touches import send_touch
 from lead_orchestrator.services.shop_clients import Vendors
 
 url, tenant_id, touch_id, channel, now, twilio, sendgrid, public, secret = sys.argv[1:]
-db = Database(url, max_size=2).open()
+box = SecretBox(parse_keys(os.environ["LEAD_ENCRYPTION_KEY"]))
+db = Database(url, max_size=2, box=box).open()
 vendors = Vendors(shopmonkey_base_url="http://127.0.0.1:9", twilio_base_url=twilio, sendgrid_base_url=sendgrid,
                   public_base_url=public, secret_key=secret)
 
@@ -183,7 +185,7 @@ class DiesAfterSending:
 real = getattr(vendors, channel)
 setattr(vendors, channel, lambda shop: DiesAfterSending(real(shop)))
 with db.tenant_tx(int(tenant_id)) as conn:
-    shop = load_shop(conn, int(tenant_id))
+    shop = load_shop(conn, int(tenant_id), db.box)
 send_touch(db, shop, int(touch_id), vendors, now=dt.datetime.fromisoformat(now))
 """
 

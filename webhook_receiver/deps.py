@@ -73,7 +73,7 @@ def _load(db: Database, find_tenant_id, key: str) -> Shop | None:
     if tenant_id is None:
         return None
     with db.tenant_tx(tenant_id) as conn:
-        return load_shop(conn, tenant_id)
+        return load_shop(conn, tenant_id, db.box)
 
 
 def shop_by_tekmetric_token(db: Database, token: str) -> Shop | None:

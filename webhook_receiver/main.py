@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lead_orchestrator.store.db import Database
-from lead_orchestrator.settings import Settings, get_settings
+from lead_orchestrator.settings import Settings, load_settings
+from lead_orchestrator.store.secret_box import SecretBox
 from webhook_receiver import errors
 from webhook_receiver.deps import ShopCache
 from webhook_receiver.hot_route import ReceiverApp
@@ -33,7 +34,7 @@ def tune_garbage_collector() -> None:
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    settings = settings or load_settings()  # uvicorn --factory calls this with no arguments
     if db is None and not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set: start the receiver with `lead-orchestrator up`, "
                            "or set DATABASE_URL")
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         # fail_fast and a short pool timeout: a sender gets its 503 at once while the
         # database is down, not after waiting for a connection that cannot come.
         app.state.db = db or Database(settings.database_url, max_size=settings.receiver_db_pool_size, name="receiver",
-                                      timeout=POOL_TIMEOUT_S, fail_fast=True).open(wait=False)
+                                      timeout=POOL_TIMEOUT_S, fail_fast=True,
+                                      box=SecretBox(settings.encryption_keys())).open(wait=False)
         app.state.inbox_writer = InboxWriter(app.state.db.url, availability=app.state.db.availability).start()
         tune_garbage_collector()
         try:

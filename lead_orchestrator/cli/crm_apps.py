@@ -8,7 +8,7 @@ import json
 import click
 import psycopg
 
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_box, command_settings
 from lead_orchestrator.store.crm_apps import APP_CRMS, get_crm_app, set_crm_app
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.runtime.database import database_url_for
@@ -17,7 +17,7 @@ WEBHOOK_PATH = "/webhooks/tekmetric/"
 
 
 def tekmetric_webhook_url(token: str) -> str:
-    return f"{get_settings().public_base_url}{WEBHOOK_PATH}{token}"
+    return f"{command_settings().public_base_url}{WEBHOOK_PATH}{token}"
 
 
 def check_tekmetric_scope(conn: psycopg.Connection, shop_id: int) -> None:
@@ -26,12 +26,12 @@ def check_tekmetric_scope(conn: psycopg.Connection, shop_id: int) -> None:
     from lead_orchestrator.crm.errors import CrmError
     from lead_orchestrator.crm.tekmetric.client import TekmetricClient
 
-    app = get_crm_app(conn, "tekmetric")
+    app = get_crm_app(conn, "tekmetric", command_box())
     if app is None:
         raise click.ClickException("no Tekmetric partner app is configured: run `crm-app set tekmetric "
                                    "--client-id … --client-secret …` first (or give --skip-scope-check)")
     try:
-        with TekmetricClient(get_settings().tekmetric_base_url, app.client_id,
+        with TekmetricClient(command_settings().tekmetric_base_url, app.client_id,
                              app.client_secret.get_secret_value(), timeout=10.0) as client:
             scope = client.scope()
     except CrmError as exc:
@@ -58,11 +58,11 @@ def crm_app() -> None:
 @click.option("--client-id", required=True)
 @click.option("--client-secret", required=True, help="Never printed back; stored encrypted.")
 def crm_app_set(crm: str, client_id: str, client_secret: str) -> None:
-    with database_url_for(get_settings()) as (url, _):
-        apply_migrations(url)
+    with database_url_for(command_settings()) as (url, _):
+        apply_migrations(url, command_box())
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
-                released = set_crm_app(conn, crm, client_id, client_secret)
+                released = set_crm_app(conn, crm, client_id, client_secret, command_box())
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"crm": crm, "client_id": client_id.strip(), "client_secret": "set",
@@ -72,9 +72,9 @@ def crm_app_set(crm: str, client_id: str, client_secret: str) -> None:
 @crm_app.command("show", help="The partner app's client id (the secret only as set / not set).")
 @click.argument("crm", type=click.Choice(APP_CRMS))
 def crm_app_show(crm: str) -> None:
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
-            app = get_crm_app(conn, crm)
+            app = get_crm_app(conn, crm, command_box())
     click.echo(json.dumps({"crm": crm, "client_id": app.client_id if app else None,
                            "client_secret": "set" if app else "not set",
-                           "base_url": get_settings().tekmetric_base_url}, indent=2))
+                           "base_url": command_settings().tekmetric_base_url}, indent=2))

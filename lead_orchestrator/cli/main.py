@@ -10,20 +10,23 @@ from pydantic import ValidationError
 
 from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.migrations import apply_migrations
-from lead_orchestrator.settings import ConfigError, get_settings
+from lead_orchestrator.cli.context import CommandContext, command_box, command_settings
+from lead_orchestrator.settings import ConfigError, load_settings
 from lead_orchestrator.store.shops import (CRMS, SECRET_FIELDS, ShopCannotSend, ShopChanges, ShopWrongCrm, create_shop,
                                            get_shop, list_shops, new_tekmetric_webhook_token, update_shop)
 
 
 @click.group(help="Lead Orchestrator: answers new ShopMonkey and Tekmetric estimates by text and email within seconds.")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     from lead_orchestrator import redaction
 
     redaction.install()
     try:
-        get_settings()  # configuration is input: checked before any command runs
+        settings = load_settings()  # configuration is input: checked before any command runs
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    ctx.obj = CommandContext(settings)
 
 
 @main.command(help="Start everything: database, stand-ins (unless real vendors are chosen), receiver, "
@@ -43,14 +46,14 @@ def main() -> None:
 def up(vendors: str | None, no_demo: bool, production: bool, dispatchers: int) -> None:
     from lead_orchestrator.runtime.stack import run_stack
 
-    sys.exit(run_stack(get_settings(), vendors=vendors, demo=not no_demo, production=production,
+    sys.exit(run_stack(command_settings(), vendors=vendors, demo=not no_demo, production=production,
                        dispatchers=dispatchers))
 
 
 @main.command(help="Apply pending schema migrations (safe to run any time).")
 def migrate() -> None:
-    with database_url_for(get_settings()) as (url, _):
-        applied = apply_migrations(url)
+    with database_url_for(command_settings()) as (url, _):
+        applied = apply_migrations(url, command_box())
     click.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -70,14 +73,14 @@ def dispatcher(workers: int) -> None:
     # and CPU (a lock shared by every worker), at a thousand leads a minute.
     for chatty in ("twilio.http_client", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    settings = get_settings()
+    settings = command_settings()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with database_url_for(settings) as (url, _):
         # Workers share the pool: one holds a connection only inside a transaction.
         pool_size = min(workers + 2, settings.dispatcher_db_pool_size)
-        db = Database(url, max_size=pool_size, name="dispatcher").open(wait=False)  # the database may be down
+        db = Database(url, max_size=pool_size, name="dispatcher", box=command_box()).open(wait=False)  # the database may be down
         reporter = _leads_history_recorder(db) if settings.dagster_home else None
         if reporter is None:
             click.echo("DAGSTER_HOME is not set: leads materializations will not be recorded in Dagster")
@@ -112,7 +115,7 @@ def rotate_encryption_key(generate_new_key: bool, print_new_key: bool) -> None:
     if print_new_key:
         click.echo(new_key())
         return
-    settings = get_settings()
+    settings = command_settings()
     if generate_new_key and settings.lead_encryption_key is not None:
         raise click.ClickException("LEAD_ENCRYPTION_KEY is set: put a new key first in it "
                                    "(`--print-new-key` makes one), keep the old one after it, and run again")
@@ -222,8 +225,8 @@ def shops_add(slug: str, skip_scope_check: bool, **values) -> None:
     name = values.pop("name") or slug
     changes = _changes(values)
     token = None
-    with database_url_for(get_settings()) as (url, _):
-        apply_migrations(url)
+    with database_url_for(command_settings()) as (url, _):
+        apply_migrations(url, command_box())
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
                 crm = changes.check_crm()
@@ -232,10 +235,10 @@ def shops_add(slug: str, skip_scope_check: bool, **values) -> None:
 
                     check_tekmetric_scope(conn, changes.tekmetric_shop_id)
                 with conn.transaction():
-                    shop = create_shop(conn, slug, name, changes)
+                    shop = create_shop(conn, slug, name, changes, command_box())
                     if crm == "tekmetric":
-                        token = new_tekmetric_webhook_token(conn, slug)
-                        shop = get_shop(conn, slug)
+                        token = new_tekmetric_webhook_token(conn, slug, command_box())
+                        shop = get_shop(conn, slug, command_box())
             except (ShopCannotSend, ShopWrongCrm) as exc:
                 raise click.ClickException(str(exc)) from None
             except psycopg.errors.UniqueViolation:
@@ -254,10 +257,10 @@ def shops_add(slug: str, skip_scope_check: bool, **values) -> None:
 def shops_update(slug: str, skip_scope_check: bool, rotate_webhook_token: bool, **values) -> None:
     changes = _changes(values)
     token = None
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             try:
-                current = get_shop(conn, slug)
+                current = get_shop(conn, slug, command_box())
                 if current is None:
                     raise click.ClickException(f"no shop named {slug!r}")
                 crm = changes.check_crm(current)
@@ -266,11 +269,11 @@ def shops_update(slug: str, skip_scope_check: bool, rotate_webhook_token: bool, 
 
                     check_tekmetric_scope(conn, changes.tekmetric_shop_id)
                 with conn.transaction():
-                    shop = update_shop(conn, slug, changes)
+                    shop = update_shop(conn, slug, changes, command_box())
                     # A shop that just became a Tekmetric shop gets its URL at once.
                     if rotate_webhook_token or (crm == "tekmetric" and not shop.credentials.webhook_token_sha256):
-                        token = new_tekmetric_webhook_token(conn, slug)
-                        shop = get_shop(conn, slug)
+                        token = new_tekmetric_webhook_token(conn, slug, command_box())
+                        shop = get_shop(conn, slug, command_box())
             except (ShopCannotSend, ShopWrongCrm) as exc:
                 raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(_describe(shop, token), indent=2))
@@ -279,10 +282,10 @@ def shops_update(slug: str, skip_scope_check: bool, rotate_webhook_token: bool, 
 
 @shops.command("list", help="One line per shop: slug, name, CRM, time zone, active or not.")
 def shops_list() -> None:
-    with database_url_for(get_settings()) as (url, _):
-        apply_migrations(url)
+    with database_url_for(command_settings()) as (url, _):
+        apply_migrations(url, command_box())
         with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
-            found = list_shops(conn)
+            found = list_shops(conn, command_box())
     if not found:
         click.echo("no shops yet: add one with `lead-orchestrator shops add SLUG --name ...`")
     for shop in found:
@@ -293,14 +296,14 @@ def shops_list() -> None:
 @shops.command("show", help="Print a shop as JSON (secrets only as set / not set).")
 @click.argument("slug")
 def shops_show(slug: str) -> None:
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
-            shop = get_shop(conn, slug)
+            shop = get_shop(conn, slug, command_box())
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
     from lead_orchestrator.services.email_replies import reply_setup
 
-    click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(get_settings(), shop)}, indent=2))
+    click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(command_settings(), shop)}, indent=2))
 
 
 # --- touch-points: sequence, templates, quiet-hours, preview, why (cli_touchpoints.py) ---

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_box, command_settings
 from lead_orchestrator.runtime.database import database_url_for
 
 TICK_SECONDS = 5.0
@@ -41,7 +41,7 @@ def poll(shard_text: str, once: bool, slugs: tuple[str, ...]) -> None:
     from lead_orchestrator.store.shops import get_shop
 
     shard = _shard(shard_text)
-    settings = get_settings()
+    settings = command_settings()
     config = PollConfig(concurrency=settings.poll_concurrency)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -50,12 +50,12 @@ def poll(shard_text: str, once: bool, slugs: tuple[str, ...]) -> None:
         tenant_ids = None
         if slugs:
             with psycopg.connect(url, row_factory=dict_row) as conn:
-                shops = {slug: get_shop(conn, slug) for slug in slugs}
+                shops = {slug: get_shop(conn, slug, command_box()) for slug in slugs}
             unknown = [slug for slug, shop in shops.items() if shop is None]
             if unknown:
                 raise click.ClickException(f"no such shop: {', '.join(unknown)}")
             tenant_ids = [shop.id for shop in shops.values()]
-        db = Database(url, max_size=settings.poll_db_connections, name="poll").open()
+        db = Database(url, max_size=settings.poll_db_connections, name="poll", box=command_box()).open()
         try:
             with new_http_client(config) as http:
                 vendors = vendors_from_settings(settings, db)

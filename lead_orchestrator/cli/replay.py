@@ -9,7 +9,7 @@ import psycopg
 
 from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.services.replay import REPLAYABLE, replay_events
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_box, command_settings
 from lead_orchestrator.store.shops import get_shop
 
 
@@ -34,9 +34,9 @@ def _moment(value: str | None) -> dt.datetime | None:
 @click.option("--until", help="Only events received before this time (ISO, UTC unless stated).")
 def replay(slug: str, order_id: str | None, statuses: tuple[str, ...], since: str | None, until: str | None) -> None:
     start, end = _moment(since), _moment(until)
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-            shop = get_shop(conn, slug)
+            shop = get_shop(conn, slug, command_box())
             if shop is None:
                 raise click.ClickException(f"no shop named {slug!r}")
             count = replay_events(conn, shop.id, statuses=statuses or ("parked", "dead"), order_id=order_id,

@@ -17,7 +17,7 @@ import click
 from lead_orchestrator.store.analyst_role import analyst_url
 from lead_orchestrator.runtime.database import database_url_for
 from lead_orchestrator.store.db import libpq_url
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_settings
 
 
 def bundled_psql() -> str | None:
@@ -47,7 +47,7 @@ def find_psql(embedded: bool) -> str | None:
 @click.option("--print-url", is_flag=True, help="Only print the connection URL.")
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 def sql(admin: bool, print_url: bool, psql_args: tuple[str, ...]) -> None:
-    with database_url_for(get_settings()) as (url, server):
+    with database_url_for(command_settings()) as (url, server):
         target = libpq_url(url) if admin else analyst_url(url)
         psql = None if print_url else find_psql(embedded=server is not None)
         if psql is None:

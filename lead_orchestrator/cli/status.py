@@ -15,7 +15,7 @@ import click
 
 from lead_orchestrator.store.analyst_role import analyst_connection
 from lead_orchestrator.runtime.database import database_url_for
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_settings
 from lead_orchestrator.services.timeline import shop_time
 
 # A pending event older than this is waiting for something, not just in the queue.
@@ -138,7 +138,7 @@ def _json_default(value):
 @click.argument("shop", required=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines (times in UTC).")
 def status(shop: str | None, as_json: bool) -> None:
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with analyst_connection(url) as conn:
             found = read_status(conn, shop)
     if shop and not found["shops"]:

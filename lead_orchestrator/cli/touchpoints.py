@@ -22,7 +22,7 @@ import click
 import psycopg
 
 from lead_orchestrator.runtime.database import database_url_for
-from lead_orchestrator.settings import get_settings
+from lead_orchestrator.cli.context import command_box, command_settings
 from lead_orchestrator.store.shops import ShopChanges, get_shop, update_shop
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -31,20 +31,20 @@ LEGAL_START, LEGAL_END = dt.time(8, 0), dt.time(21, 0)
 
 @contextmanager
 def _owner():
-    with database_url_for(get_settings()) as (url, _):
+    with database_url_for(command_settings()) as (url, _):
         with psycopg.connect(url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
             yield url, conn
 
 
 def _shop(conn, slug: str):
-    shop = get_shop(conn, slug)
+    shop = get_shop(conn, slug, command_box())
     if shop is None:
         raise click.ClickException(f"no shop named {slug!r}")
     return shop
 
 
 def _save_settings(conn, slug: str, settings: dict):
-    return update_shop(conn, slug, ShopChanges(settings=settings))
+    return update_shop(conn, slug, ShopChanges(settings=settings), command_box())
 
 
 def _templates_using_link(templates: dict) -> list[str]:
@@ -260,7 +260,7 @@ def quiet_hours(slug, start, end, closed_days, holiday_calendar, max_sms_per_24h
         if max_sms_per_24h is not None:
             settings["max_sms_per_24h"] = max_sms_per_24h or None
         shop = update_shop(conn, slug, ShopChanges(send_window_start=new_start, send_window_end=new_end,
-                                                  settings=settings))
+                                                  settings=settings), command_box())
     s = shop.settings or {}
     click.echo(json.dumps({
         "shop": slug, "time_zone": shop.time_zone,
@@ -292,7 +292,7 @@ def preview(slug: str, created: str | None) -> None:
         moment = moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(shop.time_zone))
     else:
         moment = dt.datetime.now(dt.timezone.utc)
-    link = f"{get_settings().public_base_url}/unsubscribe/<token>"
+    link = f"{command_settings().public_base_url}/unsubscribe/<token>"
     click.echo(format_preview(shop, moment, preview_sequence(shop, moment, link)))
 
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from lead_orchestrator.domain.sequences import Step, template_for
-from lead_orchestrator.store.shops import Shop
 from lead_orchestrator.domain.templates import OPT_OUT_TEXT, format_cents, render
 
 # A body that already tells the reader how to opt out does not get a second line.
 _OPT_OUT_STATED = re.compile(r"\b(reply|text)\s+stop\b", re.IGNORECASE)
+
+
+class Shop(Protocol):
+    """What a message needs of the shop that sends it (store.shops.Shop has it all)."""
+
+    name: str
+    shop_phone: str | None
+    postal_address: str | None
+    settings: dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from lead_orchestrator.store.db import libpq_url, sqlalchemy_psycopg2_url
 from lead_orchestrator.store.migrations import apply_migrations
 from lead_orchestrator.runtime.postgres_child import EmbeddedPostgresChild
 from lead_orchestrator.settings import Settings
+from lead_orchestrator.store.secret_box import SecretBox
 from lead_orchestrator.store.crm_apps import get_crm_app, set_crm_app
 from lead_orchestrator.store.shops import (ShopChanges, create_shop, get_shop, list_shops, new_tekmetric_webhook_token,
                                            update_shop)
@@ -127,10 +128,28 @@ def psql_command(database_url: str, embedded) -> str:
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME with the project's dagster.yaml, its sensor threads raised to what
+    the configured shards need (see sensor_threads)."""
+    import yaml
+
     home = (settings.dagster_home or settings.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    text = (PROJECT_ROOT / "dagster.yaml").read_text()
+    config = yaml.safe_load(text)
+    sensors = config.setdefault("sensors", {})
+    needed = sensor_threads(settings.poll_shards)
+    if sensors.get("num_workers", 1) < needed:
+        sensors["num_workers"] = needed
+        text = (f"# sensors.num_workers raised to {needed} for POLL_SHARDS={settings.poll_shards} "
+                f"by lead-orchestrator up\n" + yaml.safe_dump(config, sort_keys=False))
+    (home / "dagster.yaml").write_text(text)
     return home
+
+
+def sensor_threads(poll_shards: int) -> int:
+    """Threads the daemon needs so that no poll shard waits for another's tick: one per
+    shard, plus one for the inbox safety net and the other sensors (docs/poll.md)."""
+    return poll_shards + 1
 
 
 def dagster_storage_url(database_url: str, embedded) -> str:
@@ -147,10 +166,10 @@ def _demo_messaging(phone: str, email: str) -> dict:
                 send_window_start="00:00", send_window_end="23:59:59", settings={"holiday_country": None})
 
 
-def ensure_demo_shop(database_url: str) -> dict:
+def ensure_demo_shop(database_url: str, box: SecretBox) -> dict:
     """The demo shop and the credentials the stand-ins will accept for it."""
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        shop = get_shop(conn, DEMO_SLUG)
+        shop = get_shop(conn, DEMO_SLUG, box)
         if shop is None:
             shop = create_shop(conn, DEMO_SLUG, "Demo Auto Repair", ShopChanges(
                 time_zone="America/Chicago", shop_phone="+15125550199",
@@ -158,28 +177,28 @@ def ensure_demo_shop(database_url: str) -> dict:
                 shopmonkey_api_key="demo-" + secrets.token_hex(12),
                 webhook_secret="whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
                 **_demo_messaging("+15125550100", "service@demo-auto.example"),
-            ))
+            ), box)
     return {"shop": shop, "sm_key": shop.shopmonkey_api_key.get_secret_value(),
             "secret": shop.webhook_secret.get_secret_value()}
 
 
-def ensure_tekmetric_demo_shop(database_url: str) -> dict:
+def ensure_tekmetric_demo_shop(database_url: str, box: SecretBox) -> dict:
     """The Tekmetric demo shop, the partner app the stand-in will accept (the stored one,
     else a demo app is stored), and a fresh webhook URL token: only its digest is kept, so
     the stand-in is given a new one at every start."""
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        app = get_crm_app(conn, "tekmetric")
+        app = get_crm_app(conn, "tekmetric", box)
         if app is None:
-            set_crm_app(conn, "tekmetric", TEKMETRIC_DEMO_APP_ID, secrets.token_urlsafe(24))
-            app = get_crm_app(conn, "tekmetric")
-        if get_shop(conn, TEKMETRIC_DEMO_SLUG) is None:
+            set_crm_app(conn, "tekmetric", TEKMETRIC_DEMO_APP_ID, secrets.token_urlsafe(24), box)
+            app = get_crm_app(conn, "tekmetric", box)
+        if get_shop(conn, TEKMETRIC_DEMO_SLUG, box) is None:
             create_shop(conn, TEKMETRIC_DEMO_SLUG, "Demo Brakes (Tekmetric)", ShopChanges(
                 crm="tekmetric", tekmetric_shop_id=TEKMETRIC_DEMO_SHOP_ID, time_zone="America/Denver",
                 shop_phone="+13035550199", postal_address="1600 Champa St, Denver, CO 80202",
                 **_demo_messaging("+13035550100", "service@demo-brakes.example"),
-            ))
-        token = new_tekmetric_webhook_token(conn, TEKMETRIC_DEMO_SLUG)
-        shop = get_shop(conn, TEKMETRIC_DEMO_SLUG)
+            ), box)
+        token = new_tekmetric_webhook_token(conn, TEKMETRIC_DEMO_SLUG, box)
+        shop = get_shop(conn, TEKMETRIC_DEMO_SLUG, box)
     return {"shop": shop, "app": app, "token": token}
 
 
@@ -209,12 +228,12 @@ def register_messaging(shop, urls: dict[str, str]) -> None:
                json={"api_key": shop.sendgrid_api_key.get_secret_value()}).raise_for_status()
 
 
-def connect_demo_email_events(database_url: str, urls: dict[str, str], receiver_url: str) -> None:
+def connect_demo_email_events(database_url: str, box: SecretBox, urls: dict[str, str], receiver_url: str) -> None:
     """SendGrid stand-in events (delivered, bounce, ...) go to the demo shop's event
     webhook, verified with the stand-in's signing key (a new one at every start)."""
     key = httpx.get(f"{urls['sendgrid']}/_standin/event-webhook-public-key", timeout=5).json()["public_key"]
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        update_shop(conn, DEMO_SLUG, ShopChanges(sendgrid_event_public_key=key))
+        update_shop(conn, DEMO_SLUG, ShopChanges(sendgrid_event_public_key=key), box)
     httpx.post(f"{urls['sendgrid']}/_standin/event-webhook", timeout=5,
                json={"url": f"{receiver_url}/webhooks/sendgrid/{DEMO_SLUG}/events"}).raise_for_status()
 
@@ -388,10 +407,11 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
             if settings.database_url and settings.lead_encryption_key is None:
                 say(f"warning: LEAD_ENCRYPTION_KEY is unset; shop secrets are encrypted with the key in "
                     f"{settings.encryption_key_file}: every host must use the same key (see docs/security.md)")
-            applied = apply_migrations(database_url)
+            box = SecretBox(settings.encryption_keys())  # the keys every child gets below
+            applied = apply_migrations(database_url, box)
             say(f"schema: {len(applied)} migration(s) applied" if applied else "schema is up to date")
             with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
-                shops = list_shops(conn)
+                shops = list_shops(conn, box)
             say_vendors(choice, shops)
             receiver_url = f"http://{settings.receiver_host}:{settings.receiver_port}"
             # Unset, PUBLIC_BASE_URL follows RECEIVER_PORT (callbacks reach this receiver).
@@ -414,14 +434,14 @@ def run_stack(settings: Settings, *, vendors: str | None = None, demo: bool = Tr
                 env["INBOUND_PARSE_DOMAIN"] = reply_domain
             say_email_replies(settings, reply_domain)
             if choice.standins:
-                demo_shop = ensure_demo_shop(database_url)
-                tekmetric_demo = ensure_tekmetric_demo_shop(database_url)
+                demo_shop = ensure_demo_shop(database_url, box)
+                tekmetric_demo = ensure_tekmetric_demo_shop(database_url, box)
 
                 def wire_demo_shop() -> None:
                     # Again after every restart of the stand-ins: they keep everything in memory.
                     register_with_standins(demo_shop, urls, receiver_url)
                     register_tekmetric_demo(tekmetric_demo, urls, receiver_url)
-                    connect_demo_email_events(database_url, urls, receiver_url)
+                    connect_demo_email_events(database_url, box, urls, receiver_url)
                     connect_demo_replies(urls, receiver_url, reply_domain)
 
                 supervisor.add(standins_child(settings, env, log_dir), on_ready=wire_demo_shop,

@@ -97,7 +97,7 @@ def process_event(db, vendors, tenant_id: int, event_id: int, *, now=utcnow) -> 
     with db.tenant_tx(tenant_id) as conn:
         event = conn.execute("SELECT e.*, (SELECT health FROM poll_state) AS crm_health "
                              "FROM inbox_events e WHERE e.id = %s", (event_id,)).fetchone()
-        shop = load_shop(conn, tenant_id)
+        shop = load_shop(conn, tenant_id, db.box)
     result = EventResult(tenant_id, shop.slug, event_id, event["source"], "ignored")
     if event["table_name"] != ESTIMATES:
         return _done(db, result, "ignored", f"table {event['table_name']} is not used")

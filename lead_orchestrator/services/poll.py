@@ -470,7 +470,7 @@ def poll_shop(tick: _Tick, tenant_id: int) -> ShopPoll:
     started = time.monotonic()
     config, now = tick.config, tick.now
     with tick.db.tenant_tx(tenant_id) as conn:
-        shop = load_shop(conn, tenant_id)
+        shop = load_shop(conn, tenant_id, tick.db.box)
         state = conn.execute(_STATE).fetchone()
         # The first request's pacer slot, reserved in this transaction rather than one of its own.
         pacer = pacer_for(tick.db, shop).reserved_in(conn) if shop is not None and shop.active else None

@@ -62,7 +62,7 @@ def reconcile_in_flight_sends(db, vendors, now: dt.datetime, *, tenant_ids=None)
 def reconcile_shop(db, vendors, tenant_id: int, now: dt.datetime) -> Counter:
     report: Counter = Counter()
     with db.tenant_tx(tenant_id) as conn:
-        shop = load_shop(conn, tenant_id)
+        shop = load_shop(conn, tenant_id, db.box)
         if shop is None or not shop.active:
             return report
         report["orphaned"] = mark_orphaned_reservations_unknown(conn, now)

@@ -37,7 +37,7 @@ def send_due_touches(db, vendors, *, now: dt.datetime, due_before: dt.datetime,
         report[f"reconcile_{kind}"] += count
     for tenant_id in tenant_ids:
         with db.tenant_tx(tenant_id) as conn:
-            shop = load_shop(conn, tenant_id)
+            shop = load_shop(conn, tenant_id, db.box)
             if shop is None or not shop.active:
                 continue
             ids = due_touch_ids(conn, min(now, due_before))

@@ -16,14 +16,13 @@ import psycopg
 from pydantic import SecretStr
 
 from lead_orchestrator.store.inbox import release_after_new_credentials
-from lead_orchestrator.store.secret_box import SecretBox, default_box
+from lead_orchestrator.store.secret_box import SecretBox
 from lead_orchestrator.store.shops import TekmetricApp
 
 APP_CRMS = ("tekmetric",)
 
 
-def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secret: str,
-                box: SecretBox | None = None) -> int:
+def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secret: str, box: SecretBox) -> int:
     """Stores (or replaces) the CRM's partner app; the events its shops parked while the
     app was missing or refused go back to the queue. Returns how many were released."""
     if crm not in APP_CRMS:
@@ -31,7 +30,6 @@ def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secre
     client_id, client_secret = client_id.strip(), client_secret.strip()
     if not client_id or not client_secret:
         raise ValueError("a partner app needs a client id and a client secret")
-    box = box or default_box()
     with conn.transaction():
         conn.execute("""INSERT INTO crm_apps (crm, client_id, client_secret) VALUES (%s, %s, %s)
                         ON CONFLICT (crm) DO UPDATE SET client_id = EXCLUDED.client_id,
@@ -41,9 +39,9 @@ def set_crm_app(conn: psycopg.Connection, crm: str, client_id: str, client_secre
         return sum(release_after_new_credentials(conn, tenant_id) for tenant_id in tenants)
 
 
-def get_crm_app(conn: psycopg.Connection, crm: str, box: SecretBox | None = None) -> TekmetricApp | None:
+def get_crm_app(conn: psycopg.Connection, crm: str, box: SecretBox) -> TekmetricApp | None:
     row = conn.execute("SELECT client_id, client_secret FROM crm_apps WHERE crm = %s", (crm,)).fetchone()
     if row is None:
         return None
-    secret = (box or default_box()).decrypt(row["client_secret"], what=f"the {crm} partner app's client secret")
+    secret = box.decrypt(row["client_secret"], what=f"the {crm} partner app's client secret")
     return TekmetricApp(client_id=row["client_id"], client_secret=SecretStr(secret))

@@ -29,6 +29,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequest
 
 from lead_orchestrator import redaction
 from lead_orchestrator.settings import connection_name
+from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError
 
 log = logging.getLogger(__name__)
 # psycopg_pool warns at every failed connection attempt and every dead connection it
@@ -180,10 +181,13 @@ class Availability:
 
 class Database:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, name: str = "lead",
-                 timeout: float = 10.0, fail_fast: bool = False):
+                 timeout: float = 10.0, fail_fast: bool = False, box: SecretBox | None = None):
         """`timeout`: how long a transaction waits for a pooled connection. `fail_fast`:
-        refuse at once while the database is known to be unreachable (see Availability)."""
+        refuse at once while the database is known to be unreachable (see Availability).
+        `box`: the keys to the shop secrets stored in this database, given by whoever
+        opens it (the process's settings decide them; nothing here reads them)."""
         self.url = libpq_url(url)
+        self._box = box
         redaction.register(urlsplit(self.url).password)  # a password in the URL never reaches a log
         self.pool = ConnectionPool(
             self.url,
@@ -199,6 +203,14 @@ class Database:
         self.availability = Availability(self.url, on_back=self.drop_dead_connections) if fail_fast else None
         self._flush_lock = threading.Lock()
         self._last_flush = 0.0
+
+    @property
+    def box(self) -> SecretBox:
+        """The keys to this database's stored secrets (a shop's credentials)."""
+        if self._box is None:
+            raise SecretKeyError("this process opened the database without the encryption keys "
+                                 "(Database(box=...)), so it cannot read shop credentials")
+        return self._box
 
     def open(self, wait: bool = True) -> "Database":
         self.pool.open(wait=wait, timeout=10)

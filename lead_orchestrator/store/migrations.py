@@ -11,6 +11,7 @@ from pathlib import Path
 from yoyo import get_backend, read_migrations
 
 from lead_orchestrator.store.db import libpq_url
+from lead_orchestrator.store.secret_box import SecretBox
 
 
 def migrations_dir() -> Path:
@@ -21,13 +22,13 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("the sql/ migrations folder is missing from this installation")
 
 
-def apply_migrations(database_url: str, box=None) -> list[str]:
+def apply_migrations(database_url: str, box: SecretBox) -> list[str]:
     """Applies pending migrations, then encrypts any shop secret still stored in plain
-    text (rows from before encryption at rest); returns the ids applied by this call."""
+    text (rows from before encryption at rest) with `box`; returns the ids applied by
+    this call."""
     import psycopg
     from psycopg.rows import dict_row
 
-    from lead_orchestrator.store.secret_box import default_box
     from lead_orchestrator.store.secret_rotation import encrypt_plaintext_secrets
 
     backend = get_backend("postgresql+psycopg://" + libpq_url(database_url).partition("://")[2])
@@ -36,5 +37,5 @@ def apply_migrations(database_url: str, box=None) -> list[str]:
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
         with psycopg.connect(libpq_url(database_url), row_factory=dict_row) as conn:
-            encrypt_plaintext_secrets(conn, box or default_box())
+            encrypt_plaintext_secrets(conn, box)
     return [m.id for m in pending]

@@ -13,7 +13,6 @@ migration step (`encrypt_plaintext_secrets`) and still read meanwhile.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -102,11 +101,3 @@ class SecretBox:
             return self.is_encrypted(stored)
         except InvalidToken:
             return False
-
-
-@lru_cache(maxsize=1)
-def default_box() -> SecretBox:
-    """The process's box, keyed from the environment (see Settings.encryption_keys)."""
-    from lead_orchestrator.settings import get_settings
-
-    return SecretBox(get_settings().encryption_keys())

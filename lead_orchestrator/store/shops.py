@@ -29,7 +29,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from lead_orchestrator.store.inbox import release_after_new_credentials
-from lead_orchestrator.store.secret_box import SecretBox, default_box
+from lead_orchestrator.store.secret_box import SecretBox
 
 CRMS = ("shopmonkey", "tekmetric")
 Crm = Literal["shopmonkey", "tekmetric"]
@@ -335,9 +335,8 @@ def _encrypted(values: dict[str, Any], box: SecretBox, secrets: tuple[str, ...])
     return out
 
 
-def shop_from_row(row: dict[str, Any], box: SecretBox | None = None) -> Shop:
+def shop_from_row(row: dict[str, Any], box: SecretBox) -> Shop:
     """A Shop from a `_SELECT` row, its secrets decrypted."""
-    box = box or default_box()
     values = {k: v for k, v in row.items() if k not in _CREDENTIAL_KEYS}
     slug = row.get("slug")
     for name in TENANT_SECRET_COLUMNS:
@@ -357,7 +356,7 @@ def shop_from_row(row: dict[str, Any], box: SecretBox | None = None) -> Shop:
     return Shop(**values)
 
 
-def load_shop(conn: psycopg.Connection, tenant_id: int, box: SecretBox | None = None) -> Shop | None:
+def load_shop(conn: psycopg.Connection, tenant_id: int, box: SecretBox) -> Shop | None:
     """Reads the shop (in a tenant transaction, RLS hides every other one)."""
     row = conn.execute(f"{_SELECT} WHERE t.id = %s", (tenant_id,)).fetchone()
     return shop_from_row(row, box) if row else None
@@ -378,9 +377,7 @@ def tenant_id_for_tekmetric_token(conn: psycopg.Connection, token: str) -> int |
 
 # --- admin operations (owner role; used by the CLI and the demo set-up) -------------
 
-def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopChanges,
-                box: SecretBox | None = None) -> Shop:
-    box = box or default_box()
+def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopChanges, box: SecretBox) -> Shop:
     changes.check_can_send()
     crm = changes.check_crm()
     given = {k: v for k, v in changes.present().items() if k not in CRM_FIELDS}
@@ -393,9 +390,7 @@ def create_shop(conn: psycopg.Connection, slug: str, name: str, changes: ShopCha
         return load_shop(conn, row["id"], box)
 
 
-def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges,
-                box: SecretBox | None = None) -> Shop | None:
-    box = box or default_box()
+def update_shop(conn: psycopg.Connection, slug: str, changes: ShopChanges, box: SecretBox) -> Shop | None:
     current = get_shop(conn, slug, box)
     if current is None or not changes.present():
         return current
@@ -434,12 +429,12 @@ def _write_credentials(conn: psycopg.Connection, tenant_id: int, crm: str, chang
     return True
 
 
-def new_tekmetric_webhook_token(conn: psycopg.Connection, slug: str) -> str:
+def new_tekmetric_webhook_token(conn: psycopg.Connection, slug: str, box: SecretBox) -> str:
     """Gives the Tekmetric shop a new webhook URL token and returns it: the only time it
     is seen (only its digest is stored). The previous URL stops working at once."""
     from lead_orchestrator.crm.tekmetric.webhooks import new_webhook_token, token_sha256
 
-    shop = get_shop(conn, slug)
+    shop = get_shop(conn, slug, box)
     if shop is None:
         raise LookupError(f"no shop named {slug!r}")
     if shop.crm != "tekmetric":
@@ -450,12 +445,12 @@ def new_tekmetric_webhook_token(conn: psycopg.Connection, slug: str) -> str:
     return token
 
 
-def get_shop(conn: psycopg.Connection, slug: str, box: SecretBox | None = None) -> Shop | None:
+def get_shop(conn: psycopg.Connection, slug: str, box: SecretBox) -> Shop | None:
     row = conn.execute(f"{_SELECT} WHERE t.slug = %s", (slug,)).fetchone()
     return shop_from_row(row, box) if row else None
 
 
-def list_shops(conn: psycopg.Connection, box: SecretBox | None = None) -> list[Shop]:
+def list_shops(conn: psycopg.Connection, box: SecretBox) -> list[Shop]:
     rows = conn.execute(f"{_SELECT} ORDER BY t.slug").fetchall()
     return [shop_from_row(r, box) for r in rows]
 

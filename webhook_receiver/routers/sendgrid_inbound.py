@@ -96,7 +96,7 @@ async def receive_inbound_email(request: Request, db: Database = Depends(get_db)
 
     def apply():
         with db.tenant_tx(tenant_id) as conn:
-            shop = load_shop(conn, tenant_id)
+            shop = load_shop(conn, tenant_id, db.box)
             if shop is None or not shop.active:
                 return None, None
             return shop, receive_email_reply(conn, shop, lead_id, mail, at=now)

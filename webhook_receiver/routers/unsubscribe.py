@@ -49,7 +49,7 @@ async def _resolve(token: str, settings: Settings, db: Database) -> tuple[Shop, 
 
     def shop() -> Shop | None:
         with db.tenant_tx(tenant_id) as conn:
-            return load_shop(conn, tenant_id)
+            return load_shop(conn, tenant_id, db.box)
 
     try:
         found_shop = await run_in_threadpool(shop)
