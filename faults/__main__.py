@@ -25,7 +25,7 @@ FAULTS = {
     "crm-refused": ("faults.crm_faults:crm_refused", "ShopMonkey refusing connections for 5 minutes"),
     "crm-hang": ("faults.crm_faults:crm_hang", "ShopMonkey accepting and never answering for 5 minutes"),
     "key-revoked": ("faults.crm_faults:key_revoked", "a shop's ShopMonkey key revoked for 5 minutes, then fixed"),
-    "crm-rate-limit": ("faults.crm_faults:crm_rate_limit", "ShopMonkey limiting a key to 2 requests/s, 300 estimates"),
+    "crm-rate-limit": ("faults.crm_faults:crm_rate_limit", "ShopMonkey limiting a key to 2 requests/s, 300 estimates (60 with --short)"),
     "poll-paging": ("faults.crm_faults:poll_paging", "an order edited while the poll reads the next page"),
     "hostile": ("faults.hostile:hostile", "5,000 hostile requests at the receiver"),
 }

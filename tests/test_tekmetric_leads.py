@@ -224,8 +224,8 @@ def test_the_dagster_history_and_checks_see_the_tekmetric_shop(dagster_instance,
         process_all(db, vendors)
         parked = admin.execute("SELECT status, error FROM inbox_events WHERE tenant_id = %s", (shop.id,)).fetchone()
         assert parked["status"] == "parked", parked
-        context = build_sensor_context(instance=dagster_instance,
-                                       resources={"database": DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])})
+        database = DatabaseResource(database_url=database_url, encryption_keys=os.environ["LEAD_ENCRYPTION_KEY"])
+        context = build_sensor_context(instance=dagster_instance, resources={"database": database})
         health_checks_sensor.evaluate_tick(context)
         key = AssetCheckKey(AssetKey("leads"), "stuck_events")
         stuck = dagster_instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
@@ -237,9 +237,13 @@ def test_the_dagster_history_and_checks_see_the_tekmetric_shop(dagster_instance,
     # and an ingest run makes the lead and records it in the shop's partition.
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         assert set_crm_app(conn, "tekmetric", APP_CLIENT_ID, APP_SECRET, session_box()) >= 1
+    granted = "SELECT coalesce(sum(granted), 0) AS n FROM crm_app_budget"
+    before = admin.execute(granted).fetchone()["n"]
     result = defs.get_job_def("ingest_job").execute_in_process(instance=dagster_instance)
     assert result.success
     assert lead_of(admin, shop, made["order"]["id"])["status"] == "active"
+    # The run's Tekmetric requests were spent from the app's budget every process shares.
+    assert admin.execute(granted).fetchone()["n"] > before
     [record] = dagster_instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey("leads"), asset_partitions=[shop.slug]), limit=5).records
     assert record.asset_materialization.metadata["batch_new"].value == 1

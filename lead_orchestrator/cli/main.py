@@ -306,18 +306,18 @@ def shops_show(slug: str) -> None:
     click.echo(json.dumps({**_describe(shop), "email_replies": reply_setup(command_settings(), shop)}, indent=2))
 
 
-# --- touch-points: sequence, templates, quiet-hours, preview, why (cli_touchpoints.py) ---
+# --- touch-points: sequence, templates, quiet-hours, preview, why (cli/touchpoints.py) ---
 from lead_orchestrator.cli.touchpoints import COMMANDS as _TOUCHPOINT_COMMANDS  # noqa: E402
 
 for _command in _TOUCHPOINT_COMMANDS:
     main.add_command(_command)
 
-# --- operators: replay parked/dead inbox events (cli_replay.py) ---
+# --- operators: replay parked/dead inbox events (cli/replay.py) ---
 from lead_orchestrator.cli.replay import replay as _replay  # noqa: E402
 
 main.add_command(_replay)
 
-# --- operators and analysts: status (cli_status.py), sql (cli_sql.py) ---
+# --- operators and analysts: status (cli/status.py), sql (cli/sql.py) ---
 from lead_orchestrator.cli.sql import sql as _sql  # noqa: E402
 from lead_orchestrator.cli.status import status as _status  # noqa: E402
 

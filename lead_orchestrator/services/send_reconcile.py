@@ -22,7 +22,10 @@ from collections import Counter
 import psycopg
 
 from lead_orchestrator.store import lead_log
-from lead_orchestrator.store.lead_state import complete_if_done
+from lead_orchestrator.store.lead_state import complete_if_done, share_lead_status
+from lead_orchestrator.store.touches import (UnknownTouch, ask_again_at, claim_unknown, confirm_sent, fail_unknown,
+                                             later_step_out, lock_for_resolution, mark_orphans_unknown, replan_touch,
+                                             stop_asking, tenants_with_sends_to_reconcile)
 from lead_orchestrator.messaging.senders import EMAIL_SETTLE, SMS_SETTLE, SentSms
 from lead_orchestrator.messaging.send_outcomes import FOUND, UNAVAILABLE, Lookup
 from lead_orchestrator.messaging.send_resolution import ASK_AGAIN, CONFIRM, FAIL, REPLAN, Resolution, resolve
@@ -46,9 +49,7 @@ def reconcile_in_flight_sends(db, vendors, now: dt.datetime, *, tenant_ids=None)
     unresolved, asking (still unknown, asked again later), error."""
     if tenant_ids is None:
         with db.system_tx() as conn:
-            rows = conn.execute("SELECT tenants_with_sends_to_reconcile(%s, %s) AS id",
-                                (now, STALE_RESERVATION)).fetchall()
-        tenant_ids = [r["id"] for r in rows]
+            tenant_ids = tenants_with_sends_to_reconcile(conn, now, STALE_RESERVATION)
     report: Counter = Counter()
     for tenant_id in tenant_ids:
         try:
@@ -66,7 +67,7 @@ def reconcile_shop(db, vendors, tenant_id: int, now: dt.datetime) -> Counter:
         if shop is None or not shop.active:
             return report
         report["orphaned"] = mark_orphaned_reservations_unknown(conn, now)
-        due = _claim_unknown(conn, now)
+        due = claim_unknown(conn, now, lease_until=now + LEASE, batch=BATCH)
     if not due:
         return report
     lookups = [ask_vendor(shop, touch, vendors) for touch in due]
@@ -80,129 +81,74 @@ def mark_orphaned_reservations_unknown(conn: psycopg.Connection, now: dt.datetim
     """`sending` touches whose sender is gone, or older than STALE_RESERVATION: the vendor
     may or may not have the message, so they become `unknown` (to be asked about at
     once). If a status callback already gave us the vendor's message id, it was sent."""
-    rows = conn.execute(
-        """WITH live AS MATERIALIZED (SELECT live_sender_pids() AS pid),
-           orphans AS (
-               SELECT id, CASE WHEN reserved_by IS NOT NULL AND reserved_by NOT IN (SELECT pid FROM live)
-                               THEN 'sender_gone' ELSE 'no_outcome_recorded' END AS why
-                 FROM touches
-                WHERE status = 'sending'
-                  AND (reserved_at < %(stale)s
-                       OR (reserved_by IS NOT NULL AND reserved_by NOT IN (SELECT pid FROM live)))
-                FOR UPDATE SKIP LOCKED)
-           UPDATE touches t
-              SET status = CASE WHEN t.provider_message_id IS NULL THEN 'unknown' ELSE 'sent' END,
-                  reason = CASE WHEN t.provider_message_id IS NULL THEN o.why ELSE 'confirmed_by_provider' END,
-                  sent_at = CASE WHEN t.provider_message_id IS NULL THEN t.sent_at
-                                 ELSE coalesce(t.sent_at, t.reserved_at) END,
-                  resolve_after = CASE WHEN t.provider_message_id IS NULL THEN %(now)s END,
-                  updated_at = now()
-             FROM orphans o WHERE t.id = o.id
-         RETURNING t.id, t.lead_id, t.step, t.channel, t.status, t.reason""",
-        {"stale": now - STALE_RESERVATION, "now": now},
-    ).fetchall()
-    for r in rows:
-        lead_log.record(conn, r["lead_id"], f"touch_{r['status']}", step=r["step"], channel=r["channel"],
-                        reason=r["reason"], at=now)
-        log.info("touch %s (%s) reservation orphaned: %s", r["id"], r["channel"], r["reason"])
-        complete_if_done(conn, r["lead_id"], at=now)
-    return len(rows)
+    orphans = mark_orphans_unknown(conn, now, now - STALE_RESERVATION)
+    for t in orphans:
+        lead_log.record(conn, t.lead_id, f"touch_{t.status}", step=t.step, channel=t.channel, reason=t.reason, at=now)
+        log.info("touch %s (%s) reservation orphaned: %s", t.id, t.channel, t.reason)
+        complete_if_done(conn, t.lead_id, at=now)
+    return len(orphans)
 
 
-def _claim_unknown(conn: psycopg.Connection, now: dt.datetime) -> list[dict]:
-    rows = conn.execute(
-        """UPDATE touches SET resolve_after = %(lease)s, resolve_attempts = resolve_attempts + 1, updated_at = now()
-            WHERE id IN (SELECT id FROM touches
-                          WHERE status = 'unknown' AND resolve_after IS NOT NULL AND resolve_after <= %(now)s
-                          ORDER BY resolve_after LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
-        RETURNING *""",
-        {"lease": now + LEASE, "now": now, "batch": BATCH},
-    ).fetchall()
-    sms = [r["to_address"] for r in rows if r["channel"] == "sms"]
-    taken: dict[str, set[tuple[int, str]]] = {}
-    if sms:  # message ids already known to belong to other touches: never this one's proof
-        for r in conn.execute("""SELECT id, to_address, provider_message_id FROM touches
-                                  WHERE channel = 'sms' AND to_address = ANY(%s) AND provider_message_id IS NOT NULL""",
-                              (sms,)).fetchall():
-            taken.setdefault(r["to_address"], set()).add((r["id"], r["provider_message_id"]))
-    return [{**r, "taken_ids": frozenset(mid for tid, mid in taken.get(r["to_address"], ()) if tid != r["id"])}
-            for r in rows]
-
-
-def ask_vendor(shop: Shop, touch: dict, vendors) -> Lookup:
+def ask_vendor(shop: Shop, touch: UnknownTouch, vendors) -> Lookup:
     """The vendor's answer about one unknown touch (no transaction is open here)."""
     from lead_orchestrator.services.shop_clients import MissingCredentials
 
-    if touch["provider_message_id"]:  # a status callback named it while the send was in flight
-        return Lookup(FOUND, message_id=touch["provider_message_id"], detail="named by a status callback")
+    if touch.provider_message_id:  # a status callback named it while the send was in flight
+        return Lookup(FOUND, message_id=touch.provider_message_id, detail="named by a status callback")
     try:
-        finder = vendors.finder(shop, touch["channel"])
+        finder = vendors.finder(shop, touch.channel)
     except MissingCredentials as exc:
         return Lookup(UNAVAILABLE, detail=f"missing_credentials: {exc}")
-    if touch["channel"] == "sms":
-        return finder.find(SentSms(to=touch["to_address"], body=touch["body"] or "",
-                                   reserved_at=touch["reserved_wall_at"] or touch["reserved_at"],
-                                   exclude_ids=touch["taken_ids"]))
+    if touch.channel == "sms":
+        return finder.find(SentSms(to=touch.to_address, body=touch.body or "",
+                                   reserved_at=touch.reserved_wall_at or touch.reserved_at,
+                                   exclude_ids=touch.taken_ids))
     # The reservation's own key when it has one; rows reserved before it existed carry
     # the touch id and the shop's slug (as every mail always has).
-    args = {"send_key": touch["send_key"]} if touch["send_key"] else {"touch_id": str(touch["id"]), "tenant": shop.slug}
+    args = {"send_key": touch.send_key} if touch.send_key else {"touch_id": str(touch.id), "tenant": shop.slug}
     return finder.find(args)
 
 
-def record_lookup(conn: psycopg.Connection, touch: dict, lookup: Lookup, now: dt.datetime) -> str:
+def record_lookup(conn: psycopg.Connection, touch: UnknownTouch, lookup: Lookup, now: dt.datetime) -> str:
     """Applies the decision for one touch; returns what was done (for the report)."""
-    lead = conn.execute("SELECT status FROM leads WHERE id = %s FOR SHARE", (touch["lead_id"],)).fetchone()
-    current = conn.execute("SELECT status, replanned, resolve_attempts FROM touches WHERE id = %s FOR UPDATE",
-                           (touch["id"],)).fetchone()
-    if current is None or current["status"] != "unknown":
+    lead_status = share_lead_status(conn, touch.lead_id)
+    current = lock_for_resolution(conn, touch.id)
+    if current is None or current.status != "unknown":
         return "settled_elsewhere"  # a status callback (or another reconciler) was first
-    later = conn.execute(
-        """SELECT min(step) AS step FROM touches WHERE lead_id = %s AND channel = %s AND step > %s
-              AND status IN ('sending', 'sent', 'unknown')""",
-        (touch["lead_id"], touch["channel"], touch["step"])).fetchone()["step"]
-    decision = resolve(lookup, now=now, reserved_at=touch["reserved_at"], settle=SETTLE[touch["channel"]],
-                       attempts=current["resolve_attempts"], replanned=current["replanned"],
-                       lead_status=lead["status"], later_step_out=later)
-    where = {"step": touch["step"], "channel": touch["channel"], "at": now}
+    decision = resolve(lookup, now=now, reserved_at=touch.reserved_at, settle=SETTLE[touch.channel],
+                       attempts=current.resolve_attempts, replanned=current.replanned,
+                       lead_status=lead_status, later_step_out=later_step_out(conn, touch))
+    where = {"step": touch.step, "channel": touch.channel, "at": now}
     if decision.action == ASK_AGAIN:
-        conn.execute("UPDATE touches SET resolve_after = %s, updated_at = now() WHERE id = %s",
-                     (decision.ask_at, touch["id"]))
+        ask_again_at(conn, touch.id, decision.ask_at)
         return "asking"
     if decision.action == CONFIRM:
-        conn.execute(
-            """UPDATE touches SET status = 'sent', reason = %s, provider_message_id = coalesce(provider_message_id, %s),
-                      sent_at = coalesce(sent_at, reserved_at), resolve_after = NULL, updated_at = now()
-                WHERE id = %s""", (decision.reason, decision.message_id, touch["id"]))
-        lead_log.record(conn, touch["lead_id"], "touch_sent", reason=decision.reason, message_id=decision.message_id,
+        confirm_sent(conn, touch.id, decision.reason, decision.message_id)
+        lead_log.record(conn, touch.lead_id, "touch_sent", reason=decision.reason, message_id=decision.message_id,
                         detail=lookup.detail, **where)
         outcome = "confirmed"
     elif decision.action == REPLAN:
-        # send_after is left as it was (in the past): the touch is due at once and goes out
-        # before any later step, which then keeps its spacing from it.
-        conn.execute(
-            """UPDATE touches SET status = 'scheduled', replanned = true, reason = %s,
-                      resolve_after = NULL, updated_at = now() WHERE id = %s""",
-            (decision.reason, touch["id"]))
-        lead_log.record(conn, touch["lead_id"], "touch_replanned", reason=decision.reason, detail=lookup.detail,
+        # The touch is due at once and goes out before any later step (replan_touch).
+        replan_touch(conn, touch.id, decision.reason)
+        lead_log.record(conn, touch.lead_id, "touch_replanned", reason=decision.reason, detail=lookup.detail,
                         **where)
         outcome = "replanned"
     elif decision.action == FAIL:
-        conn.execute("UPDATE touches SET status = 'failed', reason = %s, resolve_after = NULL, updated_at = now() "
-                     "WHERE id = %s", (decision.reason, touch["id"]))
-        lead_log.record(conn, touch["lead_id"], "touch_failed", reason=decision.reason, detail=lookup.detail, **where)
+        fail_unknown(conn, touch.id, decision.reason)
+        lead_log.record(conn, touch.lead_id, "touch_failed", reason=decision.reason, detail=lookup.detail, **where)
         outcome = "failed"
     else:
         _give_up(conn, touch, decision, lookup, now)
         outcome = "unresolved"
-    log.info("touch %s (%s) unknown outcome: %s (%s)", touch["id"], touch["channel"], decision.reason, lookup.detail)
-    complete_if_done(conn, touch["lead_id"], at=now)
+    log.info("touch %s (%s) unknown outcome: %s (%s)", touch.id, touch.channel, decision.reason, lookup.detail)
+    complete_if_done(conn, touch.lead_id, at=now)
     return outcome
 
 
-def _give_up(conn: psycopg.Connection, touch: dict, decision: Resolution, lookup: Lookup, now: dt.datetime) -> None:
-    conn.execute("UPDATE touches SET reason = %s, resolve_after = NULL, updated_at = now() WHERE id = %s",
-                 (decision.reason, touch["id"]))
-    lead_log.record(conn, touch["lead_id"], "touch_unresolved", step=touch["step"], channel=touch["channel"],
+def _give_up(conn: psycopg.Connection, touch: UnknownTouch, decision: Resolution, lookup: Lookup,
+             now: dt.datetime) -> None:
+    stop_asking(conn, touch.id, decision.reason)
+    lead_log.record(conn, touch.lead_id, "touch_unresolved", step=touch.step, channel=touch.channel,
                     reason=decision.reason, detail=lookup.detail, at=now)
 
 

@@ -20,6 +20,7 @@ import psycopg
 
 from lead_orchestrator.domain.contact_points import normalize_phone
 from lead_orchestrator.store.lead_state import consent_key
+from lead_orchestrator.store.touches import Touch, lead_touches
 from lead_orchestrator.services.preview import PlannedTouch, expected_send_times
 from lead_orchestrator.domain.send_window import SendWindow
 
@@ -34,7 +35,7 @@ SPACING_WORTH_SAYING = dt.timedelta(minutes=1)
 @dataclass
 class LeadTimeline:
     lead: dict
-    touches: list[dict]
+    touches: list[Touch]
     consent: list[dict]
     events: list[dict]
     inbox: list[dict] = field(default_factory=list)
@@ -86,7 +87,7 @@ def order_inbox_events(conn: psycopg.Connection, order_id: str) -> list[dict]:
 
 def lead_timeline(conn: psycopg.Connection, lead: dict) -> LeadTimeline:
     addresses = [a for a in (lead["phone_e164"], consent_key("email", lead["email"]) if lead["email"] else None) if a]
-    touches = conn.execute("SELECT * FROM touches WHERE lead_id = %s ORDER BY step, channel", (lead["id"],)).fetchall()
+    touches = lead_touches(conn, lead["id"])
     consent = conn.execute("SELECT * FROM contacts WHERE address = ANY(%s) ORDER BY channel", (addresses,)).fetchall()
     events = conn.execute(
         """SELECT id, at, kind, lead_id, detail FROM lead_events
@@ -320,23 +321,23 @@ def _sighting(lead: dict) -> str:
     return how
 
 
-def _touch_rows(shop, touches: list[dict], notes: dict[str, str], tz: ZoneInfo, now: dt.datetime) -> list[str]:
-    planned = [PlannedTouch(x["step"], x["channel"], x["status"], x["due_at"], x["send_after"],
-                            x["reserved_at"] or x["sent_at"]) for x in touches]
+def _touch_rows(shop, touches: list[Touch], notes: dict[str, str], tz: ZoneInfo, now: dt.datetime) -> list[str]:
+    planned = [PlannedTouch(x.step, x.channel, x.status, x.due_at, x.send_after, x.reserved_at or x.sent_at)
+               for x in touches]
     expected = expected_send_times(planned, SendWindow.for_shop(shop), now)
     rows = []
     for x in touches:
-        at = x["sent_at"] if x["status"] == "sent" else expected.get((x["step"], x["channel"])) \
-            if x["status"] in ("scheduled", "deferred") else None
-        reason = _with_note(x["reason"], notes)
-        if x["status"] in ("scheduled", "deferred") and at and at - x["send_after"] >= SPACING_WORTH_SAYING:
+        at = x.sent_at if x.status == "sent" else expected.get((x.step, x.channel)) \
+            if x.status in ("scheduled", "deferred") else None
+        reason = _with_note(x.reason, notes)
+        if x.status in ("scheduled", "deferred") and at and at - x.send_after >= SPACING_WORTH_SAYING:
             reason = (reason + ", then " if reason else "") + "spacing after an earlier step"
-        asking = x["status"] == "unknown" and x.get("resolve_after") and \
-            f"asking the provider {shop_time(x['resolve_after'], tz)}"
-        detail = "; ".join(p for p in (reason, asking, x["delivery_status"] and f"delivery {x['delivery_status']}",
-                                       x["error_code"] and f"code {x['error_code']}") if p)
-        rows.append(((at or x["due_at"], x["step"], x["channel"]),
-                     f"  {x['step']:<5}{x['channel']:<8}{x['status']:<11}{shop_time(x['due_at'], tz):<26}"
+        asking = x.status == "unknown" and x.resolve_after and \
+            f"asking the provider {shop_time(x.resolve_after, tz)}"
+        detail = "; ".join(p for p in (reason, asking, x.delivery_status and f"delivery {x.delivery_status}",
+                                       x.error_code and f"code {x.error_code}") if p)
+        rows.append(((at or x.due_at, x.step, x.channel),
+                     f"  {x.step:<5}{x.channel:<8}{x.status:<11}{shop_time(x.due_at, tz):<26}"
                      f"{shop_time(at, tz):<26}{detail}"))
     return [text for _, text in sorted(rows, key=lambda r: r[0])]
 

@@ -9,7 +9,8 @@ from typing import Callable, Iterable
 
 from lead_orchestrator.services.send_reconcile import reconcile_in_flight_sends
 from lead_orchestrator.store.shops import load_shop
-from lead_orchestrator.services.touches import due_touch_ids, send_touch
+from lead_orchestrator.store.touches import due_touch_ids
+from lead_orchestrator.services.touches import send_touch
 
 log = logging.getLogger(__name__)
 

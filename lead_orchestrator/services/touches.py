@@ -27,8 +27,12 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attem
 
 from lead_orchestrator.store import lead_log
 from lead_orchestrator.store.lead_state import (cancel_pending, complete_if_done, consent_key, is_opted_out,  # noqa: F401
-                                          opt_out_contact, set_opt_out)
-from lead_orchestrator.domain.messages import compose, merge_fields  # noqa: F401 - merge_fields re-exported
+                                          opt_out_contact, set_opt_out, share_lead_of_touch)
+from lead_orchestrator.store.touches import (NewTouch, Touch, defer_touch, lock_touch, other_sms_out, plan_touches,
+                                             recent_sms_reservations, record_status, reserve_touch, skip_pending_sms,
+                                             spaced_until, status_of)
+from lead_orchestrator.store.touches import due_touch_ids  # noqa: F401 - re-exported (ingest, tests)
+from lead_orchestrator.domain.messages import Message, compose, merge_fields  # noqa: F401 - merge_fields re-exported
 from lead_orchestrator.messaging.senders import OutgoingEmail
 from lead_orchestrator.messaging.send_outcomes import AMBIGUOUS, PERMANENT, SENT, TRANSIENT, SendResult, from_exception
 from lead_orchestrator.domain.send_window import SendWindow
@@ -60,6 +64,14 @@ class TouchOutcome:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ReservedTouch:
+    """A touch this process has reserved, and what it is to send."""
+    touch: Touch  # as locked before the reservation (its `attempts` do not count this one yet)
+    message: Message
+    send_key: str  # names this reservation at the vendor where it keeps our tags (SendGrid)
+
+
 def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: SendWindow) -> int:
     """Creates the lead's touch rows (idempotent). Returns how many were created.
     A step due inside quiet hours is planned for the next allowed moment."""
@@ -72,35 +84,14 @@ def plan_sequence(conn: psycopg.Connection, shop: Shop, lead: dict, window: Send
         else:
             send_after = window.next_allowed_moment(due)
             status, reason = ("deferred", "quiet_hours") if send_after > due else ("scheduled", None)
-        planned.append((step.step, step.channel, status, reason, due, send_after, address))
-    if not planned:
-        return 0
-    # One statement for the whole sequence (it runs for every new lead).
-    values = ", ".join(["(current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"] * len(planned))
-    params = [value for (step, channel, *rest) in planned for value in (lead["id"], step, channel, *rest)]
-    created = conn.execute(
-        f"""INSERT INTO touches (tenant_id, lead_id, step, channel, status, reason, due_at, send_after, to_address)
-            VALUES {values}
-            ON CONFLICT (tenant_id, lead_id, step, channel) DO NOTHING RETURNING step, channel""",
-        params,
-    ).fetchall()
-    new = {(row["step"], row["channel"]) for row in created}
-    for step, channel, status, reason, due, send_after, _ in planned:
-        if (step, channel) in new and status != "scheduled":
-            lead_log.record(conn, lead["id"], f"touch_{status}", step=step, channel=channel,
-                            reason=reason, due_at=due.isoformat(), send_after=send_after.isoformat(),
+        planned.append(NewTouch(step.step, step.channel, status, reason, due, send_after, address))
+    created = plan_touches(conn, lead["id"], planned)
+    for t in planned:
+        if (t.step, t.channel) in created and t.status != "scheduled":
+            lead_log.record(conn, lead["id"], f"touch_{t.status}", step=t.step, channel=t.channel,
+                            reason=t.reason, due_at=t.due_at.isoformat(), send_after=t.send_after.isoformat(),
                             at=lead["first_seen_at"])
     return len(created)
-
-
-def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | None = None,
-                  limit: int = 500) -> list[int]:
-    rows = conn.execute(
-        """SELECT id FROM touches WHERE status IN ('scheduled', 'deferred') AND send_after <= %s
-              AND (%s::bigint IS NULL OR lead_id = %s) ORDER BY send_after, id LIMIT %s""",
-        (now, lead_id, lead_id, limit),
-    ).fetchall()
-    return [r["id"] for r in rows]
 
 
 def send_touch(db, shop: Shop, touch_id: int, vendors, *, now: dt.datetime,
@@ -121,36 +112,36 @@ def send_touches(db, shop: Shop, touch_ids: list[int], vendors, *, now: dt.datet
     from lead_orchestrator.messaging.sender_session import sender_pid
 
     window = SendWindow.for_shop(shop)
-    reserved: list[tuple[int, dict]] = []
+    reserved: list[tuple[int, ReservedTouch]] = []
     outcomes: list[TouchOutcome | None] = [None] * len(touch_ids)
     owner = sender_pid(db)  # the reservations die with this process's session (send_reconcile)
     with db.tenant_tx(shop.id) as conn:
         for i, touch_id in enumerate(touch_ids):
-            touch, outcome = _reserve(conn, shop, touch_id, now, window, vendors, owner)
+            reservation, outcome = _reserve(conn, shop, touch_id, now, window, vendors, owner)
             if outcome:
                 outcomes[i] = outcome
             else:
-                reserved.append((i, touch))
+                reserved.append((i, reservation))
     if not reserved:
         return outcomes
 
-    results = _call_providers(shop, [touch for _, touch in reserved], vendors, sleep)
+    results = _call_providers(shop, [reservation for _, reservation in reserved], vendors, sleep)
 
     with db.tenant_tx(shop.id) as conn:
-        for (i, touch), result in zip(reserved, results):
-            outcomes[i] = _record_result(conn, touch, result, now)
-        for lead_id in dict.fromkeys(touch["lead_id"] for _, touch in reserved):  # once per lead, in order
+        for (i, reservation), result in zip(reserved, results):
+            outcomes[i] = _record_result(conn, reservation.touch, result, now)
+        for lead_id in dict.fromkeys(r.touch.lead_id for _, r in reserved):  # once per lead, in order
             complete_if_done(conn, lead_id, at=now)
         if on_recorded is not None:
             on_recorded(conn, outcomes)
     return outcomes
 
 
-def _call_providers(shop: Shop, touches: list[dict], vendors, sleep) -> list[SendResult]:
-    if len(touches) == 1:
-        return [_call_provider(shop, touches[0], vendors, sleep)]
-    others = [_PROVIDER_CALLS.submit(_call_provider, shop, touch, vendors, sleep) for touch in touches[1:]]
-    first = _call_provider(shop, touches[0], vendors, sleep)
+def _call_providers(shop: Shop, reserved: list[ReservedTouch], vendors, sleep) -> list[SendResult]:
+    if len(reserved) == 1:
+        return [_call_provider(shop, reserved[0], vendors, sleep)]
+    others = [_PROVIDER_CALLS.submit(_call_provider, shop, r, vendors, sleep) for r in reserved[1:]]
+    first = _call_provider(shop, reserved[0], vendors, sleep)
     return [first, *(future.result() for future in others)]
 
 
@@ -161,55 +152,46 @@ _PROVIDER_CALLS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="provide
 # --- first transaction: check, then reserve ------------------------------------------
 
 def _reserve(conn: psycopg.Connection, shop: Shop, touch_id: int, now: dt.datetime, window: SendWindow,
-             vendors, owner: int | None = None) -> tuple[dict | None, TouchOutcome | None]:
-    """Returns (touch, None) when the caller should send, or (None, outcome) when not."""
+             vendors, owner: int | None = None) -> tuple[ReservedTouch | None, TouchOutcome | None]:
+    """Returns (reservation, None) when the caller should send, or (None, outcome) when not."""
     # The lead first (see lead_state): a stop that locked it is waited for and then seen.
-    lead = conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
-                        (touch_id,)).fetchone()
+    lead = share_lead_of_touch(conn, touch_id)
     if lead is None:  # no such touch (a touch always has its lead)
         return None, TouchOutcome(touch_id, "missing", "not_pending")
-    touch = conn.execute("SELECT * FROM touches WHERE id = %s FOR UPDATE", (touch_id,)).fetchone()
-    if touch["status"] not in ("scheduled", "deferred"):
-        return None, TouchOutcome(touch_id, touch["status"], "not_pending")
-    if touch["send_after"] > now:
-        return None, TouchOutcome(touch_id, touch["status"], "not_due")
+    touch = lock_touch(conn, touch_id)
+    if touch.status not in ("scheduled", "deferred"):
+        return None, TouchOutcome(touch_id, touch.status, "not_pending")
+    if touch.send_after > now:
+        return None, TouchOutcome(touch_id, touch.status, "not_due")
     if lead["status"] != "active":
         return None, _decline(conn, touch, "cancelled", f"lead_{lead['status']}", now)
     step = next((s for s in sequence_for(shop.settings or {})
-                 if s.step == touch["step"] and s.channel == touch["channel"]), None)
+                 if s.step == touch.step and s.channel == touch.channel), None)
     if step is None:
         return None, _decline(conn, touch, "cancelled", "step_removed_from_sequence", now)
-    if is_opted_out(conn, touch["channel"], touch["to_address"]):
+    if is_opted_out(conn, touch.channel, touch.to_address):
         return None, _decline(conn, touch, "skipped", "opted_out", now)
-    if touch["channel"] == "email" and not shop.postal_address:
+    if touch.channel == "email" and not shop.postal_address:
         return None, _decline(conn, touch, "skipped", "no_postal_address", now)
 
-    later, why = _not_before(conn, shop, touch, now, window, first_step=touch["step"] == 0)
+    later, why = _not_before(conn, shop, touch, now, window, first_step=touch.step == 0)
     if later is not None:
-        conn.execute("UPDATE touches SET status = 'deferred', reason = %s, send_after = %s, updated_at = now() "
-                     "WHERE id = %s", (why, later, touch_id))
-        lead_log.record(conn, touch["lead_id"], "touch_deferred", step=touch["step"], channel=touch["channel"],
+        defer_touch(conn, touch_id, why, later)
+        lead_log.record(conn, touch.lead_id, "touch_deferred", step=touch.step, channel=touch.channel,
                         reason=why, send_after=later.isoformat(), at=now)
         return None, TouchOutcome(touch_id, "deferred", why)
 
-    first_sms = touch["channel"] == "sms" and conn.execute(
-        "SELECT 1 FROM touches WHERE lead_id = %s AND channel = 'sms' AND id <> %s "
-        "AND status IN ('sending', 'sent', 'unknown')", (touch["lead_id"], touch_id)).fetchone() is None
-    unsubscribe = vendors.unsubscribe_url(shop, touch["to_address"]) if touch["channel"] == "email" else None
-    reply_to = vendors.reply_address(shop, lead["id"]) if touch["channel"] == "email" else None
+    first_sms = touch.channel == "sms" and not other_sms_out(conn, touch.lead_id, touch_id)
+    unsubscribe = vendors.unsubscribe_url(shop, touch.to_address) if touch.channel == "email" else None
+    reply_to = vendors.reply_address(shop, lead["id"]) if touch.channel == "email" else None
     message = compose(shop, step, lead, first_sms=first_sms, unsubscribe_url=unsubscribe, reply_to=reply_to)
-    send_key = uuid.uuid4().hex  # names this reservation at the vendor where it keeps our tags (SendGrid)
-    conn.execute(
-        """UPDATE touches SET status = 'sending', reserved_at = %s, reserved_wall_at = clock_timestamp(),
-                  reserved_by = %s, send_key = %s, attempts = attempts + 1,
-                  body = %s, subject = %s, updated_at = now() WHERE id = %s""",
-        (now, owner, send_key, message.body, message.subject, touch_id),
-    )
-    return {**touch, "body": message.body, "subject": message.subject, "headers": message.headers or {},
-            "reply_to": message.reply_to, "send_key": send_key}, None
+    send_key = uuid.uuid4().hex
+    reserve_touch(conn, touch_id, now=now, owner=owner, send_key=send_key, body=message.body,
+                  subject=message.subject)
+    return ReservedTouch(touch, message, send_key), None
 
 
-def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWindow, *, first_step: bool = False):
+def _not_before(conn, shop: Shop, touch: Touch, now: dt.datetime, window: SendWindow, *, first_step: bool = False):
     """(when, why) if the touch may not go out at `now`, else (None, None).
     `first_step`: step 0, before which no step can exist (step numbers start at 0, in
     every sequence a lead was ever planned with), so there is no spacing to keep."""
@@ -218,64 +200,49 @@ def _not_before(conn, shop: Shop, touch: dict, now: dt.datetime, window: SendWin
     # Keep the sequence's rhythm: a step goes out no sooner after an earlier step that was
     # actually sent than the sequence spaces them. Without this, a lead created at night
     # would get its first text and the "1 hour later" follow-up together at 8:00.
-    spaced = None if first_step else conn.execute(
-        """SELECT max(reserved_at + (%s - due_at)) AS earliest FROM touches
-            WHERE lead_id = %s AND step < %s AND status IN ('sending', 'sent', 'unknown')""",
-        (touch["due_at"], touch["lead_id"], touch["step"]),
-    ).fetchone()["earliest"]
+    spaced = None if first_step else spaced_until(conn, touch)
     if spaced is not None and spaced > now:
         return window.next_allowed_moment(spaced), "spacing"
     limit = (shop.settings or {}).get("max_sms_per_24h")
-    if limit and touch["channel"] == "sms":
+    if limit and touch.channel == "sms":
         # A stricter state rule (e.g. Florida: 3 texts per 24 h): wait until the oldest
         # of the last `limit` texts to this number is 24 h old.
-        recent = conn.execute(
-            """SELECT reserved_at FROM touches WHERE channel = 'sms' AND to_address = %s
-                  AND status IN ('sending', 'sent', 'unknown') AND reserved_at > %s
-                ORDER BY reserved_at DESC LIMIT %s""",
-            (touch["to_address"], now - dt.timedelta(hours=24), int(limit)),
-        ).fetchall()
+        recent = recent_sms_reservations(conn, touch.to_address, now - dt.timedelta(hours=24), int(limit))
         if len(recent) >= int(limit):
-            return window.next_allowed_moment(recent[-1]["reserved_at"] + dt.timedelta(hours=24)), "daily_limit"
+            return window.next_allowed_moment(recent[-1] + dt.timedelta(hours=24)), "daily_limit"
     return None, None
 
 
-def _decline(conn, touch: dict, status: str, reason: str, now: dt.datetime) -> TouchOutcome:
+def _decline(conn, touch: Touch, status: str, reason: str, now: dt.datetime) -> TouchOutcome:
     outcome = _finish(conn, touch, status, reason, now)
-    complete_if_done(conn, touch["lead_id"], at=now)
+    complete_if_done(conn, touch.lead_id, at=now)
     return outcome
 
 
-def _finish(conn: psycopg.Connection, touch: dict, status: str, reason: str | None, now: dt.datetime,
+def _finish(conn: psycopg.Connection, touch: Touch, status: str, reason: str | None, now: dt.datetime,
             *, from_status: tuple[str, ...] | None = None, **extra) -> TouchOutcome:
     """Records a touch's new status (only if it is still in `from_status`, when given)."""
     resolve_after = extra.pop("resolve_after", None)  # unknown: when to ask the vendor (send_reconcile)
-    row = conn.execute(
-        """UPDATE touches SET status = %s, reason = %s, provider_message_id = coalesce(%s, provider_message_id),
-                  error_code = coalesce(%s, error_code), sent_at = coalesce(%s, sent_at),
-                  send_after = coalesce(%s, send_after), resolve_after = %s, updated_at = now()
-            WHERE id = %s AND (%s::text[] IS NULL OR status = ANY(%s::text[])) RETURNING status""",
-        (status, reason, extra.get("message_id"), extra.get("code"), extra.get("sent_at"),
-         extra.get("send_after"), resolve_after, touch["id"], list(from_status) if from_status else None,
-         list(from_status) if from_status else None),
-    ).fetchone()
-    if row is None:
-        current = conn.execute("SELECT status, reason FROM touches WHERE id = %s", (touch["id"],)).fetchone()
-        return TouchOutcome(touch["id"], current["status"], current["reason"])
-    lead_log.record(conn, touch["lead_id"], f"touch_{status}", step=touch["step"], channel=touch["channel"],
+    recorded = record_status(conn, touch.id, status, reason, from_status=from_status,
+                             message_id=extra.get("message_id"), code=extra.get("code"),
+                             sent_at=extra.get("sent_at"), send_after=extra.get("send_after"),
+                             resolve_after=resolve_after)
+    if not recorded:
+        return TouchOutcome(touch.id, *status_of(conn, touch.id))
+    lead_log.record(conn, touch.lead_id, f"touch_{status}", step=touch.step, channel=touch.channel,
                     reason=reason, at=now, **{k: str(v) for k, v in extra.items() if v is not None})
-    return TouchOutcome(touch["id"], status, reason)
+    return TouchOutcome(touch.id, status, reason)
 
 
 # --- the provider call ---------------------------------------------------------------
 
-def _call_provider(shop: Shop, touch: dict, vendors, sleep: Callable[[float], None]) -> SendResult:
+def _call_provider(shop: Shop, reserved: ReservedTouch, vendors, sleep: Callable[[float], None]) -> SendResult:
     """Calls the provider; a transient refusal (nothing was sent) is retried a few times
     with exponential backoff before the touch is handed back to the schedule."""
     from lead_orchestrator.services.shop_clients import MissingCredentials
 
     try:
-        send = _sender(shop, touch, vendors)
+        send = _sender(shop, reserved, vendors)
     except MissingCredentials as exc:
         return SendResult(PERMANENT, code="missing_credentials", detail=str(exc))
     retrying = Retrying(stop=stop_after_attempt(IN_RUN_ATTEMPTS), wait=IN_RUN_WAIT, sleep=sleep,
@@ -284,7 +251,7 @@ def _call_provider(shop: Shop, touch: dict, vendors, sleep: Callable[[float], No
     try:
         return retrying(send)
     except Exception as exc:  # noqa: BLE001 - unexpected: ambiguous unless it proves nothing was sent
-        log.exception("provider call failed for touch %s", touch["id"])
+        log.exception("provider call failed for touch %s", reserved.touch.id)
         return from_exception(exc)
 
 
@@ -292,26 +259,27 @@ def _last_result(state: RetryCallState) -> SendResult:
     return state.outcome.result()
 
 
-def _sender(shop: Shop, touch: dict, vendors) -> Callable[[], SendResult]:
-    if touch["channel"] == "sms":
+def _sender(shop: Shop, reserved: ReservedTouch, vendors) -> Callable[[], SendResult]:
+    touch, message = reserved.touch, reserved.message
+    if touch.channel == "sms":
         sms = vendors.sms(shop)
-        callback = vendors.status_callback_url(shop, touch["id"])
-        return lambda: sms.send(touch["to_address"], touch["body"], status_callback=callback)
+        callback = vendors.status_callback_url(shop, touch.id)
+        return lambda: sms.send(touch.to_address, message.body, status_callback=callback)
     email = vendors.email(shop)
     outgoing = OutgoingEmail(
-        to=touch["to_address"], sender=shop.sendgrid_sender or "", sender_name=shop.name,
-        subject=touch["subject"], text=touch["body"], headers=touch["headers"],
+        to=touch.to_address, sender=shop.sendgrid_sender or "", sender_name=shop.name,
+        subject=message.subject, text=message.body, headers=message.headers or {},
         # touch_id finds the touch from SendGrid's events; send_key finds this very
         # reservation's mail in Email Activity when the answer was lost.
-        custom_args={"tenant": shop.slug, "touch_id": str(touch["id"]), "send_key": touch["send_key"]},
-        reply_to=touch.get("reply_to"),
+        custom_args={"tenant": shop.slug, "touch_id": str(touch.id), "send_key": reserved.send_key},
+        reply_to=message.reply_to,
     )
     return lambda: email.send(outgoing)
 
 
 # --- second transaction: record the outcome --------------------------------------------
 
-def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, now: dt.datetime) -> TouchOutcome:
+def _record_result(conn: psycopg.Connection, touch: Touch, result: SendResult, now: dt.datetime) -> TouchOutcome:
     if result.outcome == SENT:
         # From `unknown` too: the sweeper may have given up on us while we waited.
         outcome = _finish(conn, touch, "sent", None, now, from_status=("sending", "unknown"),
@@ -320,11 +288,11 @@ def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, no
         outcome = _finish(conn, touch, "failed", result.detail or "rejected", now, from_status=("sending",),
                           code=result.code)
         if result.code == "21610":  # the carrier says this number replied STOP
-            opt_out_contact(conn, "sms", touch["to_address"], source="twilio_21610", reason="opted_out", at=now)
-        elif touch["channel"] == "sms" and result.code in UNREACHABLE_SMS_CODES:
+            opt_out_contact(conn, "sms", touch.to_address, source="twilio_21610", reason="opted_out", at=now)
+        elif touch.channel == "sms" and result.code in UNREACHABLE_SMS_CODES:
             _skip_later_sms(conn, touch, f"sms_unreachable:{result.code}", now)
-    elif result.outcome == TRANSIENT and touch["attempts"] + 1 < MAX_RESERVATIONS:
-        retry_at = now + RESCHEDULE_BASE * 2 ** touch["attempts"]
+    elif result.outcome == TRANSIENT and touch.attempts + 1 < MAX_RESERVATIONS:
+        retry_at = now + RESCHEDULE_BASE * 2 ** touch.attempts
         outcome = _finish(conn, touch, "scheduled", f"retry:{result.code or result.detail}", now,
                           from_status=("sending",), code=result.code, send_after=retry_at)
     elif result.outcome == TRANSIENT:
@@ -336,12 +304,8 @@ def _record_result(conn: psycopg.Connection, touch: dict, result: SendResult, no
     return outcome
 
 
-def _skip_later_sms(conn: psycopg.Connection, touch: dict, reason: str, now: dt.datetime) -> None:
-    rows = conn.execute(
-        """UPDATE touches SET status = 'skipped', reason = %s, updated_at = now()
-            WHERE lead_id = %s AND channel = 'sms' AND status IN ('scheduled', 'deferred') RETURNING step""",
-        (reason, touch["lead_id"]),
-    ).fetchall()
-    if rows:
-        lead_log.record(conn, touch["lead_id"], "touches_skipped", reason=reason, at=now,
-                        touches=sorted(f"{r['step']}:sms" for r in rows))
+def _skip_later_sms(conn: psycopg.Connection, touch: Touch, reason: str, now: dt.datetime) -> None:
+    steps = skip_pending_sms(conn, touch.lead_id, reason)
+    if steps:
+        lead_log.record(conn, touch.lead_id, "touches_skipped", reason=reason, at=now,
+                        touches=sorted(f"{step}:sms" for step in steps))

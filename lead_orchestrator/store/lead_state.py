@@ -34,6 +34,19 @@ def cancel_pending(conn: psycopg.Connection, lead_id: int, reason: str, *, at: d
     return len(rows)
 
 
+def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> dict | None:
+    """The lead of the touch, locked FOR SHARE before the touch is locked (the order above),
+    as the sender reserves it. None when there is no such touch."""
+    return conn.execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
+                        (touch_id,)).fetchone()
+
+
+def share_lead_status(conn: psycopg.Connection, lead_id: int) -> str | None:
+    """The lead's status, the lead locked FOR SHARE (before its touches: the order above)."""
+    row = conn.execute("SELECT status FROM leads WHERE id = %s FOR SHARE", (lead_id,)).fetchone()
+    return row["status"] if row else None
+
+
 def end_lead(conn: psycopg.Connection, lead_id: int, status: str, reason: str, *, at: dt.datetime | None = None,
              **detail) -> bool:
     """Ends an active lead (`stopped`, `completed`, ...) and cancels what it still owed.
