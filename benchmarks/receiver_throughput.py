@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -16,9 +17,11 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 
-from benchmarks.common import make_shops, machine, say, signed_order_webhook, spawn, start_database, stop, venv_bin
+from benchmarks.common import (make_shops, machine, process_cpu, say, signed_order_webhook, spawn, start_database, stop,
+                               venv_bin)
 from tests.support import free_port
 
 TARGETS = {
@@ -72,6 +75,79 @@ def guard_cost_us(calls: int = 200_000) -> float:
     return asyncio.run(spend())
 
 
+def hot_route_cost_us(requests: int = 20_000, rounds: int = 3) -> float:
+    """CPU time per webhook of the receiver's own code on the hot route, without the HTTP
+    server or the database: the app as create_app builds it (guards, hot route, handler,
+    answer) called as uvicorn would call it, with the shop cached, budget in hand and the
+    writer replaced by one that answers at once after serialising the event as the real
+    one does. The best of `rounds` rounds: one process, one thread, no I/O, so it hardly
+    moves with the machine's load, unlike req/s."""
+    import base64
+    import os as _os
+
+    from pydantic import SecretStr
+
+    from lead_orchestrator.settings import Settings
+    from lead_orchestrator.store.shops import Shop, ShopMonkeyCredentials
+    from webhook_receiver.main import create_app
+    from webhook_receiver.shop_budget import Grant
+
+    secret = "whsec_" + base64.b64encode(_os.urandom(24)).decode()
+    shop = Shop(id=1, slug="a-shop", name="A shop", credentials=ShopMonkeyCredentials(webhook_secret=SecretStr(secret)))
+    app = create_app(Settings(database_url="postgresql:///unused", webhook_rate_limit="10000000/minute"), db=object())
+
+    class AnsweringWriter:
+        stored = 0
+
+        async def store(self, tenant_id, event):
+            event.batch_item(0, tenant_id)
+            self.stored += 1
+            return self.stored
+
+    async def lease(request):
+        return Grant(granted=request.wanted, window=1, window_left_s=3600.0, retry_after_s=0.0)
+
+    app.state.inbox_writer = AnsweringWriter()
+    app.state.shops.entries[shop.slug] = (time.monotonic() + 3600, shop)
+    app.rate_budgets._lease = lease
+    deliveries = []
+    for _ in range(requests):
+        headers, body = signed_order_webhook(secret)
+        raw = [(b"host", b"127.0.0.1"), (b"content-length", str(len(body)).encode())]
+        deliveries.append((raw + [(k.encode(), v.encode()) for k, v in headers.items()], body))
+    statuses: dict[int, int] = {}
+
+    async def deliver(headers, body) -> None:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": f"/webhooks/shopmonkey/{shop.slug}",
+                 "raw_path": f"/webhooks/shopmonkey/{shop.slug}".encode(), "query_string": b"", "root_path": "",
+                 "headers": headers, "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+        await app(scope, receive, send)
+
+    async def measure() -> float:
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.process_time()
+            for headers, body in deliveries:
+                await deliver(headers, body)
+            best = min(best, (time.process_time() - started) / len(deliveries) * 1e6)
+        return best
+
+    cost = asyncio.run(measure())
+    if set(statuses) != {202}:
+        raise RuntimeError(f"the hot route answered {statuses}")
+    return cost
+
+
 def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
     port = free_port()
     argv = [venv_bin("uvicorn"), TARGETS[name], "--host", "127.0.0.1", "--port", str(port),
@@ -101,16 +177,28 @@ def run_one(name: str, url: str, env: dict, shop, args, workdir: Path) -> dict:
         subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(Path(__file__).with_name("wrk_signed.lua")),
                         f"{base}/", "--", str(workdir / "warm"), f"/webhooks/shopmonkey/{shop.slug}"],
                        capture_output=True, text=True) if (workdir / "warm-0.tsv").exists() else None
+        # The server's own CPU per request (every thread of its process): unlike req/s, it
+        # hardly moves when other work shares the cores.
+        server = psutil.Process(proc.pid)
+        cpu_before = process_cpu(server)
         out = subprocess.run(
             ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
              "-s", str(Path(__file__).with_name("wrk_signed.lua")), f"{base}/", "--", str(prefix),
              f"/webhooks/shopmonkey/{shop.slug}"], capture_output=True, text=True, check=True).stdout
+        cpu = process_cpu(server) - cpu_before
         result = parse_wrk(out)
         result["raw"] = out
+        result["cpu_us"] = cpu / max(1, result["requests"]) * 1e6
         if name == "receiver":  # the rate limit's statements, to compare with the requests
-            leases = re.findall(r'^lead_webhook_rate_leases_total\{result="(\w+)"\} ([\d.e+]+)$',
-                                httpx.get(f"{base}/metrics", timeout=5).text, re.M)
+            exposed = httpx.get(f"{base}/metrics", timeout=5).text
+            leases = re.findall(r'^lead_webhook_rate_leases_total\{result="(\w+)"\} ([\d.e+]+)$', exposed, re.M)
             result["leases"] = int(sum(float(n) for _, n in leases))
+            # Group commit: events per batch and time per batch, over the whole run.
+            figures = {name: float(value) for name, value in re.findall(
+                r"^(lead_inbox_(?:batch_events|commit_seconds)_(?:sum|count)) ([\d.e+]+)$", exposed, re.M)}
+            batches = max(1.0, figures.get("lead_inbox_batch_events_count", 0.0))
+            result["batch_mean"] = figures.get("lead_inbox_batch_events_sum", 0.0) / batches
+            result["commit_ms"] = figures.get("lead_inbox_commit_seconds_sum", 0.0) / batches * 1000
         return result
     finally:
         stop(proc)
@@ -128,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         say("wrk is not installed: apt-get install wrk (Debian/Ubuntu), then run again")
         return 2
-    say(f"machine: {machine()}")
+    say(f"machine: {machine()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     say(f"rate-limit guard alone: {guard_cost_us():.2f} µs of CPU per request")
+    say(f"hot route alone (no HTTP server, no database): {hot_route_cost_us():.1f} µs of CPU per request")
     server, url = start_database()
     workdir = Path(tempfile.mkdtemp(prefix="lead-bench-receiver-"))
     try:
@@ -141,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{name}: {args.connections} connections for {args.seconds}s")
             results[name] = r = run_one(name, url, {}, shop, args, workdir)
             say(f"{name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
-                f"non-2xx {r['non2xx']} {r['socket_errors']}")
+                f"non-2xx {r['non2xx']} {r['socket_errors']}; server CPU {r['cpu_us']:.0f} µs per request")
             if name == "receiver":
                 with psycopg.connect(url) as conn:
                     stored = conn.execute("SELECT count(*) FROM inbox_events WHERE tenant_id = %s",
@@ -150,11 +239,14 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"receiver: {acked} acknowledged, {stored} stored in the inbox"
                     f" ({'all committed' if stored >= acked else 'MISSING EVENTS'});"
                     f" {r['leases']} rate-limit leases from PostgreSQL")
+                say(f"receiver: {r['batch_mean']:.1f} events per inbox batch on average, "
+                    f"{r['commit_ms']:.2f} ms per batch")
         if "bare" in results and "receiver" in results:
             ratio = results["receiver"]["rps"] / results["bare"]["rps"]
             vs_naive = results["receiver"]["rps"] / results["naive"]["rps"] if "naive" in results else float("nan")
             say(f"receiver = {ratio:.0%} of bare, {vs_naive:.2f}x naive; p99 {results['receiver']['p99_ms']:.2f} ms "
                 f"(targets: >= 50% of bare, p99 <= 15 ms)")
+        say(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         server.stop()
     return 0

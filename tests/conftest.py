@@ -114,8 +114,15 @@ def scratch_database(pg, prefix: str):
             su.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-def table_counts(conn) -> dict[str, int]:
-    return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in TENANT_TABLES}
+def table_counts(conn, tenant_id: int | None = None) -> dict[str, int]:
+    """Rows per tenant table; of one shop when `tenant_id` is given. A test of what a
+    request changes counts its own shop's rows: the session's daemon and dispatchers may
+    still be working for other shops meanwhile (an ingest run of an earlier test's event
+    records that shop's CRM health in poll_state)."""
+    if tenant_id is None:
+        return {t: conn.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"] for t in TENANT_TABLES}
+    return {t: conn.execute(f"SELECT count(*) AS n FROM {t} WHERE {'id' if t == 'tenants' else 'tenant_id'} = %s",
+                            (tenant_id,)).fetchone()["n"] for t in TENANT_TABLES}
 
 
 @pytest.fixture(scope="session")

@@ -199,7 +199,8 @@ class Role:
     def writes(self) -> list[str]:
         return self.write_log.read_text().splitlines()
 
-    def stop(self, timeout: float = 20) -> int:
+    def stop(self, timeout: float = 60) -> int:
+        # Generous: on a loaded machine a graceful shutdown can take tens of seconds.
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
         try:

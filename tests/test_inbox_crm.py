@@ -140,3 +140,16 @@ def test_hints_without_a_version_are_never_swallowed_by_an_earlier_one(db, make_
     assert first and second and second != first
     assert redelivered[0] and redelivered[1] is None  # the same delivery twice is one event
     assert again[0] and again[1] is None  # a versioned change seen twice is one event
+
+
+def test_a_batch_item_is_the_json_the_group_commit_function_reads():
+    """batch_item writes its object out by hand (it is on the receiver's hot path): it must
+    be what json.dumps would write, quotes, backslashes and non-ASCII text included."""
+    for webhook_id in (None, "msg_plain", 'msg_"quoted"\\back'):
+        event = NewEvent("webhook", "DELETE", "order", 'id"\\\u2028\U0001f600', "2026-10-01T15:02:11Z",
+                         '{"a": [1, "b"]}', webhook_id, "crm\u00e9")
+        item = json.loads(event.batch_item(3, 12345678901))
+        assert item == {"pos": 3, "tenant_id": 12345678901, "source": "webhook", "webhook_id": webhook_id,
+                        "dedup_key": event.dedup_key, "operation": "DELETE", "table_name": "order",
+                        "object_id": 'id"\\\u2028\U0001f600', "crm": "crm\u00e9", "payload": {"a": [1, "b"]}}
+        assert event.batch_item(3, 12345678901).isascii()

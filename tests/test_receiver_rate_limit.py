@@ -313,22 +313,17 @@ def receiver_with(settings, db):
         server.__exit__(None, None, None)
 
 
-def _leases(result: str) -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("lead_webhook_rate_leases_total", {"result": result}) or 0.0
-
-
 def test_a_lease_serves_many_requests(receiver_with, make_shop, admin):
     server, shop = receiver_with("8000/minute"), make_shop()  # leases of 1,000
     secret = shop.webhook_secret.get_secret_value()
-    before = _leases("granted")
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for _ in range(60):
             body = order_body()
             assert client.post(f"/webhooks/shopmonkey/{shop.slug}", content=body,
                                headers=signed_headers(secret, body)).status_code == 202
-    assert _leases("granted") - before == 1
+    # One lease of 1,000 for this shop served all 60 (a second lease would have taken
+    # more). Counted in its own rows: the process-wide lease counter also counts what the
+    # session's other receivers lease meanwhile (late webhooks of earlier tests).
     assert _granted(admin, shop.slug) and sum(_granted(admin, shop.slug).values()) == 1000
 
 

@@ -143,3 +143,33 @@ def test_metrics_are_prometheus_text(receiver):
     response = httpx.get(receiver.url + "/metrics", timeout=5)
     assert response.status_code == 200
     assert "lead_webhooks_total" in response.text
+
+
+def test_answers_are_the_json_they_always_were(receiver, make_shop):
+    """The answers are written out on the hot route (stored_answer.py): byte for byte what
+    JSONResponse rendered, with the same content type."""
+    shop = make_shop()
+    secret = shop.webhook_secret.get_secret_value()
+    body = order_body()
+    first = post(receiver, shop.slug, body, signed_headers(secret, body))
+    again = post(receiver, shop.slug, body, signed_headers(secret, body))
+    expected = json.dumps({"status": "accepted", "event_id": first.json()["event_id"]}, separators=(",", ":"))
+    assert (first.status_code, first.content.decode()) == (202, expected)
+    assert (again.status_code, again.content) == (200, b'{"status":"duplicate","event_id":null}')
+    for answer in (first, again):
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["content-length"] == str(len(answer.content))
+
+
+@pytest.mark.parametrize("order, status", [(("wrong", "right"), 202), (("right", "wrong"), 401)])
+def test_a_repeated_signature_header_is_read_as_the_library_reads_it(receiver, make_shop, order, status):
+    """Only the signature's headers are handed to standardwebhooks, picked as it picks them
+    from all of a request's headers: the last of each name counts."""
+    shop = make_shop()
+    secret = shop.webhook_secret.get_secret_value()
+    body = order_body()
+    headers = signed_headers(secret, body)
+    signatures = {"right": headers.pop("webhook-signature"), "wrong": signed_headers(secret, b"{}")["webhook-signature"]}
+    sent = list(headers.items()) + [("webhook-signature", signatures[name]) for name in order]
+    response = post(receiver, shop.slug, body, sent)
+    assert response.status_code == status, response.text

@@ -150,3 +150,16 @@ def test_the_route_is_documented(receiver):
     assert "event" in json.dumps(route["requestBody"])
     about = httpx.get(receiver.url + "/", timeout=10).json()["about"]
     assert "Tekmetric" in about
+
+
+def test_the_route_answers_as_its_fastapi_twin_at_the_token_length_limit(receiver, admin):
+    """The route is served ahead of FastAPI (hot_route.py) for tokens the FastAPI route
+    accepts; a longer one is still FastAPI's to refuse, with its 422, and nothing is stored."""
+    before = all_events(admin)
+    body = {"event": "Repair Order #1 created", "data": {"id": 1}}
+    longest = httpx.post(f"{receiver.url}/webhooks/tekmetric/{'A' * 256}", json=body, timeout=10)
+    too_long = httpx.post(f"{receiver.url}/webhooks/tekmetric/{'A' * 257}", json=body, timeout=10)
+    assert assert_error_body(longest, 401)["code"] == "invalid_token"
+    error = assert_error_body(too_long, 422)
+    assert error["code"] == "invalid_request" and "256" in error["message"]
+    assert all_events(admin) == before

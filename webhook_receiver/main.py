@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     # docs_url/redoc_url: served by routers/docs.py without a CDN.
     app = ReceiverApp(title="Lead Orchestrator webhook receiver", version="0.1.0", lifespan=lifespan,
                       docs_url=None, redoc_url=None,
-                      hot_handler=shopmonkey.handle_shopmonkey_webhook,
+                      hot_handlers={"shopmonkey": shopmonkey.handle_shopmonkey_webhook,
+                                    "tekmetric": tekmetric.handle_tekmetric_webhook},
                       rate_limit=settings.webhook_rate_limit, max_body_bytes=settings.max_webhook_body_bytes,
                       body_limits={sendgrid_inbound.PATH: settings.inbound_parse_max_bytes})
     app.state.settings = settings

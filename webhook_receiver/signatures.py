@@ -27,9 +27,22 @@ def verifiers(secret: str) -> tuple[Webhook, ...]:
     return tuple(found)
 
 
-def verify_standard_webhook(secret: str, body: bytes, headers) -> None:
+# The headers the check reads. Given all of a request's headers, the library turns every
+# one into text and keeps the last of each name; signed_headers() hands it these three
+# only, picked the same way (ASGI servers give header names in lower case).
+_SIGNED = {b"webhook-id": "webhook-id", b"webhook-timestamp": "webhook-timestamp",
+           b"webhook-signature": "webhook-signature"}
+
+
+def signed_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The signature's headers from an ASGI scope's raw header list."""
+    return {_SIGNED[name]: value.decode("latin-1") for name, value in raw if name in _SIGNED}
+
+
+def verify_standard_webhook(secret: str, body: bytes | str, headers) -> None:
     """Raises BadSignature unless one `v1,` signature matches and the timestamp is
-    within five minutes of now."""
+    within five minutes of now. `body`: the bytes, or their UTF-8 text (saves the
+    library decoding them again)."""
     last = "no matching signature"
     for webhook in verifiers(secret):
         try:

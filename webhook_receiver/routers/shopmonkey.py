@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from lead_orchestrator.store.inbox import NewEvent
@@ -22,7 +22,7 @@ from webhook_receiver.deps import read_limited_body, require_content_type, shop_
 from webhook_receiver.errors import ApiError
 from webhook_receiver.models import Accepted, ErrorBody, ShopMonkeyWebhook, inline_schema
 from webhook_receiver.payloads import PayloadError, parse_json_object
-from webhook_receiver.signatures import BadSignature, verify_standard_webhook
+from webhook_receiver.signatures import BadSignature, signed_headers, verify_standard_webhook
 from webhook_receiver.stored_answer import store_and_answer
 
 router = APIRouter(prefix="/webhooks/shopmonkey", tags=["shopmonkey"])
@@ -66,7 +66,7 @@ def parse_webhook(text: str) -> ShopMonkeyWebhook:
         raise ApiError(422, "invalid_payload", f"{where}: {first['msg']}") from None
 
 
-async def handle_shopmonkey_webhook(request: Request) -> JSONResponse:
+async def handle_shopmonkey_webhook(request: Request) -> Response:
     """The whole route: shop, body, content type, signature, shape, then the inbox."""
     tenant = request.path_params["tenant"]
     shop = await shop_for(request, tenant)
@@ -83,7 +83,7 @@ async def handle_shopmonkey_webhook(request: Request) -> JSONResponse:
     if webhook_id is not None and not WEBHOOK_ID.fullmatch(webhook_id):
         raise ApiError(400, "invalid_webhook_id", "webhook-id must be 1-255 visible ASCII characters")
     try:
-        verify_standard_webhook(secret, body, request.headers)
+        verify_standard_webhook(secret, text, signed_headers(request.scope["headers"]))
     except BadSignature as exc:
         _COUNT["bad_signature"].inc()
         raise ApiError(401, "bad_signature", f"signature check failed: {exc}") from None
