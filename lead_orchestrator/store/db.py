@@ -20,11 +20,11 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 from lead_orchestrator import redaction
@@ -32,6 +32,7 @@ from lead_orchestrator.settings import connection_name
 from lead_orchestrator.store.secret_box import SecretBox, SecretKeyError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # psycopg_pool warns at every failed connection attempt and every dead connection it
 # drops: a line a second through an outage. The dispatcher and Availability below log
 # the outage once when it starts and once when it ends; the pool's own errors still show.
@@ -75,6 +76,11 @@ def sqlalchemy_psycopg2_url(url: str) -> str:
     """Dagster's storage goes through SQLAlchemy; name psycopg2 explicitly (SQLAlchemy 2.1
     would otherwise pick psycopg 3, which dagster-postgres does not support)."""
     return "postgresql+psycopg2://" + libpq_url(url).partition("://")[2]
+
+
+def typed_rows(conn: psycopg.Connection, row_type: type[T], query: str, params: Any = None) -> psycopg.Cursor[T]:
+    """The query's rows as `row_type` (a dataclass named like the columns it selects)."""
+    return conn.cursor(row_factory=class_row(row_type)).execute(query, params)
 
 
 def _act_as_app_role(conn: psycopg.Connection) -> None:

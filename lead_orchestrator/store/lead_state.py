@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import psycopg
-from psycopg.rows import class_row
+from lead_orchestrator.store.db import typed_rows
 
 from lead_orchestrator.store import lead_log
 from lead_orchestrator.store.leads import Lead
@@ -39,8 +39,8 @@ def cancel_pending(conn: psycopg.Connection, lead_id: int, reason: str, *, at: d
 def share_lead_of_touch(conn: psycopg.Connection, touch_id: int) -> Lead | None:
     """The lead of the touch, locked FOR SHARE before the touch is locked (the order above),
     as the sender reserves it. None when there is no such touch."""
-    return conn.cursor(row_factory=class_row(Lead)).execute("SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
-                        (touch_id,)).fetchone()
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE id = (SELECT lead_id FROM touches WHERE id = %s) FOR SHARE",
+                      (touch_id,)).fetchone()
 
 
 def share_lead_status(conn: psycopg.Connection, lead_id: int) -> str | None:

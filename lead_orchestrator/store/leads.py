@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import psycopg
-from psycopg.rows import class_row
+
+from lead_orchestrator.store.db import typed_rows
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,6 @@ class NewLead:
     crm: str
 
 
-def _rows(conn: psycopg.Connection, query: str, params: Any) -> psycopg.Cursor[Lead]:
-    return conn.cursor(row_factory=class_row(Lead)).execute(query, params)
-
-
 # --- ingest ----------------------------------------------------------------------------------
 
 def lock_order(conn: psycopg.Connection, order_id: str) -> Lead | None:
@@ -79,7 +75,7 @@ def lock_order(conn: psycopg.Connection, order_id: str) -> Lead | None:
     order is locked first, even without a lead, so they apply one after the other and the
     second sees the lead the first made."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, current_tenant_id()))", (order_id,))
-    return _rows(conn, "SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (order_id,)).fetchone()
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE order_id = %s FOR UPDATE", (order_id,)).fetchone()
 
 
 def record_order_update(conn: psycopg.Connection, lead_id: int, updated_at: dt.datetime | None,
@@ -93,14 +89,15 @@ def upsert_lead(conn: psycopg.Connection, new: NewLead, now: dt.datetime) -> Lea
     """Creates the order's lead, or (a disqualified estimate qualifying now) writes its
     customer, addresses and status over the old row; a lead that becomes active counts
     its sequence from `now`."""
-    return _rows(
-        conn,
+    return typed_rows(
+        conn, Lead,
         """INSERT INTO leads (tenant_id, order_id, order_number, customer_id, vehicle_id, first_name, last_name,
                               vehicle_name, total_cents, phone_e164, email, status, status_reason, source,
                               order_created_at, order_updated_at, first_seen_at, crm)
            VALUES (current_tenant_id(), %(order_id)s, %(order_number)s, %(customer_id)s, %(vehicle_id)s,
-                   %(first_name)s, %(last_name)s, %(vehicle_name)s, %(total_cents)s, %(phone)s, %(email)s,
-                   %(status)s, %(reason)s, %(source)s, %(created)s, %(updated)s, %(first_seen)s, %(crm)s)
+                   %(first_name)s, %(last_name)s, %(vehicle_name)s, %(total_cents)s, %(phone_e164)s, %(email)s,
+                   %(status)s, %(status_reason)s, %(source)s, %(order_created_at)s, %(order_updated_at)s,
+                   %(first_seen_at)s, %(crm)s)
            ON CONFLICT (tenant_id, order_id) DO UPDATE SET
                first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name,
                vehicle_name = EXCLUDED.vehicle_name, phone_e164 = EXCLUDED.phone_e164, email = EXCLUDED.email,
@@ -108,12 +105,7 @@ def upsert_lead(conn: psycopg.Connection, new: NewLead, now: dt.datetime) -> Lea
                first_seen_at = CASE WHEN EXCLUDED.status = 'active' THEN %(now)s ELSE leads.first_seen_at END,
                updated_at = now()
            RETURNING *""",
-        {"order_id": new.order_id, "order_number": new.order_number, "customer_id": new.customer_id,
-         "vehicle_id": new.vehicle_id, "first_name": new.first_name, "last_name": new.last_name,
-         "vehicle_name": new.vehicle_name, "total_cents": new.total_cents, "phone": new.phone_e164,
-         "email": new.email, "status": new.status, "reason": new.status_reason, "source": new.source,
-         "created": new.order_created_at, "updated": new.order_updated_at, "first_seen": new.first_seen_at,
-         "crm": new.crm, "now": now},
+        {**asdict(new), "now": now},
     ).fetchone()
 
 
@@ -126,7 +118,7 @@ def close_lead(conn: psycopg.Connection, lead_id: int, status: str, reason: str)
 # --- reading ---------------------------------------------------------------------------------
 
 def lead_by_id(conn: psycopg.Connection, lead_id: int) -> Lead | None:
-    return _rows(conn, "SELECT * FROM leads WHERE id = %s", (lead_id,)).fetchone()
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE id = %s", (lead_id,)).fetchone()
 
 
 def lock_lead_status(conn: psycopg.Connection, lead_id: int) -> str | None:
@@ -138,26 +130,26 @@ def lock_lead_status(conn: psycopg.Connection, lead_id: int) -> str | None:
 
 def leads_of_order(conn: psycopg.Connection, key: str) -> list[Lead]:
     """Leads whose order id or estimate number is `key`, newest first."""
-    return _rows(conn, "SELECT * FROM leads WHERE order_id = %s OR order_number = %s ORDER BY id DESC",
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE order_id = %s OR order_number = %s ORDER BY id DESC",
                  (key, key)).fetchall()
 
 
 def leads_of_email(conn: psycopg.Connection, email: str) -> list[Lead]:
     """Leads reached at the email address (lower case, as consent keys are), newest first."""
-    return _rows(conn, "SELECT * FROM leads WHERE lower(email) = %s ORDER BY id DESC", (email,)).fetchall()
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE lower(email) = %s ORDER BY id DESC", (email,)).fetchall()
 
 
 def leads_of_phone(conn: psycopg.Connection, phone: str) -> list[Lead]:
     """Leads reached at the E.164 number, newest first."""
-    return _rows(conn, "SELECT * FROM leads WHERE phone_e164 = %s ORDER BY id DESC", (phone,)).fetchall()
+    return typed_rows(conn, Lead, "SELECT * FROM leads WHERE phone_e164 = %s ORDER BY id DESC", (phone,)).fetchall()
 
 
 def leads_named(conn: psycopg.Connection, name: str) -> list[Lead]:
     """Up to 100 leads whose customer's name holds the words of `name` in order (any case),
     the exact name first, then newest first."""
     words = [re.sub(r"([\\%_])", r"\\\1", w) for w in name.lower().split()]
-    return _rows(
-        conn,
+    return typed_rows(
+        conn, Lead,
         """SELECT * FROM leads WHERE lower(concat_ws(' ', first_name, last_name)) LIKE %s
             ORDER BY lower(concat_ws(' ', first_name, last_name)) = %s DESC, id DESC LIMIT 100""",
         ("%" + "%".join(words) + "%", " ".join(name.lower().split())),

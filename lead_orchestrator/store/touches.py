@@ -12,12 +12,12 @@ concurrent writer could have moved it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
+
+from lead_orchestrator.store.db import typed_rows
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,6 @@ class ResolutionState:
     resolve_attempts: int
 
 
-def _rows(conn: psycopg.Connection, row_type: type, query: str, params: Any) -> psycopg.Cursor:
-    return conn.cursor(row_factory=class_row(row_type)).execute(query, params)
-
-
 # --- planning ------------------------------------------------------------------------
 
 def plan_touches(conn: psycopg.Connection, lead_id: int, planned: list[NewTouch]) -> set[tuple[int, str]]:
@@ -125,7 +121,7 @@ def due_touch_ids(conn: psycopg.Connection, now: dt.datetime, lead_id: int | Non
 
 def lock_touch(conn: psycopg.Connection, touch_id: int) -> Touch | None:
     """The touch, locked for this transaction (after its lead: lead_state's lock order)."""
-    return _rows(conn, Touch, "SELECT * FROM touches WHERE id = %s FOR UPDATE", (touch_id,)).fetchone()
+    return typed_rows(conn, Touch, "SELECT * FROM touches WHERE id = %s FOR UPDATE", (touch_id,)).fetchone()
 
 
 def defer_touch(conn: psycopg.Connection, touch_id: int, reason: str, send_after: dt.datetime) -> None:
@@ -222,7 +218,7 @@ def mark_orphans_unknown(conn: psycopg.Connection, now: dt.datetime, stale_befor
     """`sending` touches whose sender session is gone or reserved before `stale_before`
     become `unknown` (to be asked about at `now`), or `sent` when a status callback
     already named the vendor's message. Rows another transaction holds are left."""
-    return _rows(
+    return typed_rows(
         conn, OrphanedTouch,
         """WITH live AS MATERIALIZED (SELECT live_sender_pids() AS pid),
            orphans AS (
@@ -250,7 +246,7 @@ def claim_unknown(conn: psycopg.Connection, now: dt.datetime, *, lease_until: dt
                   batch: int) -> list[UnknownTouch]:
     """Up to `batch` unknown touches due to be asked about by `now`, leased until
     `lease_until` (other reconcilers skip them) and counted as one more attempt."""
-    claimed = _rows(
+    claimed = typed_rows(
         conn, Touch,
         """UPDATE touches SET resolve_after = %(lease)s, resolve_attempts = resolve_attempts + 1, updated_at = now()
             WHERE id IN (SELECT id FROM touches
@@ -266,17 +262,13 @@ def claim_unknown(conn: psycopg.Connection, now: dt.datetime, *, lease_until: dt
                                   WHERE channel = 'sms' AND to_address = ANY(%s) AND provider_message_id IS NOT NULL""",
                               (sms,)).fetchall():
             taken.setdefault(r["to_address"], set()).add((r["id"], r["provider_message_id"]))
-    return [UnknownTouch(**_columns(t),
+    return [UnknownTouch(**vars(t),
                          taken_ids=frozenset(mid for tid, mid in taken.get(t.to_address, ()) if tid != t.id))
             for t in claimed]
 
 
-def _columns(touch: Touch) -> dict[str, Any]:
-    return {f.name: getattr(touch, f.name) for f in fields(Touch)}
-
-
 def lock_for_resolution(conn: psycopg.Connection, touch_id: int) -> ResolutionState | None:
-    return _rows(conn, ResolutionState,
+    return typed_rows(conn, ResolutionState,
                  "SELECT status, replanned, resolve_attempts FROM touches WHERE id = %s FOR UPDATE",
                  (touch_id,)).fetchone()
 
@@ -324,12 +316,12 @@ def stop_asking(conn: psycopg.Connection, touch_id: int, reason: str) -> None:
 # --- delivery callbacks -------------------------------------------------------------------
 
 def touch_of_channel(conn: psycopg.Connection, touch_id: int, channel: str) -> Touch | None:
-    return _rows(conn, Touch, "SELECT * FROM touches WHERE id = %s AND channel = %s",
+    return typed_rows(conn, Touch, "SELECT * FROM touches WHERE id = %s AND channel = %s",
                  (touch_id, channel)).fetchone()
 
 
 def touch_by_message_id(conn: psycopg.Connection, message_id: str, channel: str) -> Touch | None:
-    return _rows(conn, Touch, "SELECT * FROM touches WHERE provider_message_id = %s AND channel = %s",
+    return typed_rows(conn, Touch, "SELECT * FROM touches WHERE provider_message_id = %s AND channel = %s",
                  (message_id, channel)).fetchone()
 
 
@@ -357,5 +349,5 @@ def confirm_unknown_by_provider(conn: psycopg.Connection, touch_id: int) -> bool
 
 def lead_touches(conn: psycopg.Connection, lead_id: int) -> list[Touch]:
     """Every touch of the lead, by step and channel."""
-    return _rows(conn, Touch, "SELECT * FROM touches WHERE lead_id = %s ORDER BY step, channel",
+    return typed_rows(conn, Touch, "SELECT * FROM touches WHERE lead_id = %s ORDER BY step, channel",
                  (lead_id,)).fetchall()
